@@ -1,0 +1,38 @@
+# jtl: `make demo` runs the main job, `make test` the suite; both set up on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.setup-stamp
+APT_PKGS := python3-torchvision dataset-fashion-mnist
+
+.PHONY: setup test test-slow test-all demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi; \
+	else echo "setup: not root or no apt-get; install $(APT_PKGS) yourself for the reference tests"; fi
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow tests
+
+test-all: setup
+	$(BIN)/python -m pytest -q tests
+
+demo: setup
+	$(BIN)/python scripts/demo_transfer.py --workdir out/demo
+
+bench: setup
+	$(BIN)/python scripts/bench_port.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

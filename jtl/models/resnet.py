@@ -1,0 +1,157 @@
+"""ResNets with torchvision's exact architecture, NHWC (He et al., 2016).
+
+Module and variable names mirror torchvision's state-dict keys
+(``layer2_0/downsample_conv`` <-> ``layer2.0.downsample.0``), which keeps weight
+porting a renaming plus a transpose. Bottleneck blocks put the stride on the
+3x3 convolution (torchvision's "ResNet v1.5"), paddings are explicit, and
+BatchNorm uses PyTorch's epsilon (1e-5) and momentum (0.1).
+
+Calling a model::
+
+    logits = model.apply(variables, images, train=False)                    # (N, classes)
+    logits, feats = model.apply(variables, images, return_features=True)
+    # feats: {"stem", "layer1", ..., "layer4", "pooled"}; "pooled" is the
+    # (N, C) global-average-pooled feature that linear probes and adaptation
+    # losses use; "layerK" are the stage outputs (N, H, W, C) for multi-layer losses.
+    new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"])
+
+``num_classes=None`` (or 0) builds the backbone alone: the "logits" are then the
+pooled features.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jtl.models.layers import BatchNorm, Conv, Dense, max_pool_3x3_s2
+
+Dtype = Any
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
+
+    features: int
+    stride: int = 1
+    downsample: bool = False
+    zero_init_residual: bool = False
+    dtype: Dtype = jnp.float32
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn = lambda name, **kw: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name, **kw)
+        y = Conv(self.features, 3, self.stride, 1, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(bn("bn1")(y))
+        y = Conv(self.features, 3, 1, 1, dtype=self.dtype, name="conv2")(y)
+        y = bn("bn2", **_last_bn_init(self.zero_init_residual))(y)
+        if self.downsample:
+            x = Conv(self.features, 1, self.stride, 0, dtype=self.dtype, name="downsample_conv")(x)
+            x = bn("downsample_bn")(x)
+        return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4, plus the shortcut."""
+
+    features: int
+    stride: int = 1
+    downsample: bool = False
+    zero_init_residual: bool = False
+    width_per_group: int = 64
+    dtype: Dtype = jnp.float32
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        bn = lambda name, **kw: BatchNorm(use_running_average=not train, dtype=self.dtype, name=name, **kw)
+        width = self.features * self.width_per_group // 64
+        y = Conv(width, 1, 1, 0, dtype=self.dtype, name="conv1")(x)
+        y = nn.relu(bn("bn1")(y))
+        y = Conv(width, 3, self.stride, 1, dtype=self.dtype, name="conv2")(y)
+        y = nn.relu(bn("bn2")(y))
+        y = Conv(self.features * 4, 1, 1, 0, dtype=self.dtype, name="conv3")(y)
+        y = bn("bn3", **_last_bn_init(self.zero_init_residual))(y)
+        if self.downsample:
+            x = Conv(self.features * 4, 1, self.stride, 0, dtype=self.dtype, name="downsample_conv")(x)
+            x = bn("downsample_bn")(x)
+        return nn.relu(y + x)
+
+
+def _last_bn_init(zero_init_residual: bool) -> dict:
+    return {"scale_init": nn.initializers.zeros} if zero_init_residual else {}
+
+
+class ResNet(nn.Module):
+    """A ResNet: stem, stages ``layer1..layerK`` of residual blocks, global average pool, ``fc``.
+
+    ``stem="imagenet"``: 7x7/2 convolution (padding 3), BatchNorm, ReLU, 3x3/2 max pool.
+    ``stem="cifar"``: 3x3/1 convolution (padding 1), BatchNorm, ReLU, no pooling
+    (for 28-32 px images).
+    ``frozen_bn``: top-level module names (``"bn1"`` for the stem, ``"layer1"``, ...)
+    whose BatchNorms use their running averages even in train mode (frozen parts).
+    """
+
+    block: str
+    stage_sizes: Sequence[int]
+    num_classes: int | None = 1000
+    stage_widths: Sequence[int] = (64, 128, 256, 512)
+    stem: str = "imagenet"
+    stem_width: int = 64
+    width_per_group: int = 64
+    zero_init_residual: bool = False
+    frozen_bn: Sequence[str] = ()
+    dtype: Dtype = jnp.float32
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(f"layer{i + 1}" for i in range(len(self.stage_sizes)))
+
+    @property
+    def num_features(self) -> int:
+        return self.stage_widths[-1] * (4 if self.block == "bottleneck" else 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+        feats = {}
+        trains = lambda name: train and name not in self.frozen_bn
+        if self.stem == "imagenet":
+            x = Conv(self.stem_width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
+        elif self.stem == "cifar":
+            x = Conv(self.stem_width, 3, 1, 1, dtype=self.dtype, name="conv1")(x)
+        else:
+            raise ValueError(f"unknown stem {self.stem!r}; use 'imagenet' or 'cifar'")
+        x = BatchNorm(use_running_average=not trains("bn1"), dtype=self.dtype, name="bn1")(x)
+        x = nn.relu(x)
+        if self.stem == "imagenet":
+            x = max_pool_3x3_s2(x)
+        feats["stem"] = x
+        in_features = self.stem_width
+        for i, (name, size, width) in enumerate(zip(self.stage_names, self.stage_sizes, self.stage_widths)):
+            for j in range(size):
+                stride = 2 if (i > 0 and j == 0) else 1
+                kw = {"width_per_group": self.width_per_group} if self.block == "bottleneck" else {}
+                cls = Bottleneck if self.block == "bottleneck" else BasicBlock
+                out_features = width * cls.expansion
+                x = cls(
+                    width,
+                    stride=stride,
+                    downsample=j == 0 and (stride != 1 or in_features != out_features),
+                    zero_init_residual=self.zero_init_residual,
+                    dtype=self.dtype,
+                    name=f"{name}_{j}",
+                    **kw,
+                )(x, trains(name))
+                in_features = out_features
+            feats[name] = x
+        pooled = jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
+        feats["pooled"] = pooled
+        if self.num_classes:
+            out = Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled).astype(pooled.dtype)
+        else:
+            out = pooled
+        return (out, feats) if return_features else out

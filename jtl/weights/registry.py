@@ -1,0 +1,156 @@
+"""Official ImageNet weights: URLs, sha256, a local cache and clear offline errors.
+
+Files are cached under ``$JTL_CACHE`` (default ``~/.cache/jtl``) as
+``<cache>/weights/<filename>``. A download streams into ``<filename>.partial``,
+checks the length announced by the server and the sha256, and only then is
+renamed into place, so the cache never holds a half-written file. Without
+network, the error names the URL and the exact path to put the file at.
+
+``sha256`` is the full digest where it is published; for
+``resnet152.tv2_in1k`` only torchvision's 8-hex-digit prefix (the part of the
+file name after the dash, which torchvision itself checks) is known, and the
+digest must start with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from jtl.errors import ChecksumError, DownloadError, WeightsError
+
+TV = "https://download.pytorch.org/models/"
+HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    """One published checkpoint."""
+
+    name: str  # "<arch>.<tag>", timm's naming: resnet50.tv_in1k, resnet50.tv2_in1k, resnet50.a1_in1k
+    arch: str
+    url: str
+    sha256: str  # full hex digest, or a prefix of at least 8 hex digits
+    filename: str
+    format: str  # "torchvision" (.pth) or "timm" (.safetensors)
+    num_classes: int = 1000
+    top1: float | None = None  # ImageNet-1k top-1 reported by the publisher
+    note: str = ""
+
+
+def _tv(arch: str, tag: str, file: str, sha: str, top1: float) -> WeightSpec:
+    return WeightSpec(f"{arch}.{tag}", arch, TV + file, sha, file, "torchvision", top1=top1,
+                      note="torchvision IMAGENET1K_" + ("V1" if tag == "tv_in1k" else "V2"))
+
+
+def _timm(arch: str, tag: str, sha: str, top1: float) -> WeightSpec:
+    name = f"{arch}.{tag}"
+    return WeightSpec(name, arch, HF.format(name), sha, f"{name}.safetensors", "timm", top1=top1,
+                      note="timm; top-1 at 288 px test size")
+
+
+REGISTRY: dict[str, WeightSpec] = {
+    s.name: s
+    for s in [
+        _tv("resnet18", "tv_in1k", "resnet18-f37072fd.pth", "f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec", 69.758),
+        _tv("resnet34", "tv_in1k", "resnet34-b627a593.pth", "b627a593bcbe140c234610266fe4f8ae95ea42fc881d091c9b6052e6b1d0590f", 73.314),
+        _tv("resnet50", "tv_in1k", "resnet50-0676ba61.pth", "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a", 76.130),
+        _tv("resnet101", "tv_in1k", "resnet101-63fe2227.pth", "63fe2227b86e8f1f2063f43a75c84d195911b6a0eace650907dd3dc62dd49a0a", 77.374),
+        _tv("resnet152", "tv_in1k", "resnet152-394f9c45.pth", "394f9c45966e3651a89bbb78a48410a6755854ce4a5ab64927cf1c7247f85e58", 78.312),
+        _tv("resnet50", "tv2_in1k", "resnet50-11ad3fa6.pth", "11ad3fa62ca79e40addfd354a8ec4b7c75143b3038b8d2a807fbc68deab379ca", 80.858),
+        _tv("resnet101", "tv2_in1k", "resnet101-cd907fc2.pth", "cd907fc2a0de2292b2ba2b27d2216bc672d84632d1cf20058d01c0c03b5e020e", 81.886),
+        _tv("resnet152", "tv2_in1k", "resnet152-f82ba261.pth", "f82ba261", 82.284),
+        _timm("resnet18", "a1_in1k", "80c49dee3da4822c009c5a7fe591e9223c5a2cfcf95a4067ca4dfb5a7b89c612", 73.158),
+        _timm("resnet34", "a1_in1k", "829a220f9529d2b1ffdc8719d3273463001e0daf411eaf1916865d9db62c0ed2", 77.918),
+        _timm("resnet50", "a1_in1k", "773525d5821de224f8f30c33377b7a795d7863e08522698200d3217d3f2a41bb", 81.214),
+        _timm("resnet101", "a1h_in1k", "1a076c0384295e7d3704f201c5711ff245507db934230bab72ff3014a95f90fe", 82.778),
+    ]
+}
+# torchvision has no IMAGENET1K_V2 for resnet18/34: their best torchvision weights are V1.
+
+
+def get_spec(name: str) -> WeightSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def cache_dir() -> Path:
+    """``$JTL_CACHE`` or ``~/.cache/jtl``."""
+    return Path(os.environ.get("JTL_CACHE") or Path.home() / ".cache" / "jtl")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_digest(digest: str, spec: WeightSpec, path: Path) -> None:
+    if not digest.startswith(spec.sha256.lower()):
+        raise ChecksumError(
+            f"{path}: sha256 {digest[:16]}... does not match {spec.name}'s {spec.sha256[:16]}...; "
+            "delete the file and download it again"
+        )
+
+
+def fetch(spec: WeightSpec | str, *, cache: str | os.PathLike | None = None, timeout: float = 30.0,
+          progress: bool = False) -> Path:
+    """Return the local path of ``spec``'s file, downloading and verifying it if needed."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    folder = Path(cache) if cache is not None else cache_dir() / "weights"
+    path = folder / spec.filename
+    if path.exists():
+        _check_digest(sha256_file(path), spec, path)
+        return path
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create cache directory {folder} ({e.strerror}); set JTL_CACHE to a writable directory") from None
+    partial = path.with_name(path.name + ".partial")
+    try:
+        _download(spec, partial, timeout, progress)
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return path
+
+
+def _download(spec: WeightSpec, partial: Path, timeout: float, progress: bool) -> None:
+    h, size = hashlib.sha256(), 0
+    target = partial.with_name(partial.name[: -len(".partial")])
+    try:
+        with urllib.request.urlopen(spec.url, timeout=timeout) as resp, open(partial, "wb") as out:
+            expected = resp.headers.get("Content-Length")
+            bar = _progress_bar(expected, spec.filename) if progress else None
+            while block := resp.read(1 << 20):
+                out.write(block)
+                h.update(block)
+                size += len(block)
+                if bar is not None:
+                    bar.update(len(block))
+            if bar is not None:
+                bar.close()
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
+        raise DownloadError(
+            f"cannot download {spec.url} ({reason}); without network, put the file at {target} "
+            f"(sha256 {spec.sha256})"
+        ) from None
+    if expected is not None and size != int(expected):
+        raise DownloadError(f"download of {spec.url} truncated: got {size} of {expected} bytes; try again")
+    _check_digest(h.hexdigest(), spec, target)
+
+
+def _progress_bar(total, desc):
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return tqdm(total=int(total) if total else None, unit="B", unit_scale=True, desc=desc, leave=False)
