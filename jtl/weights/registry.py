@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -125,7 +126,7 @@ def fetch(spec: WeightSpec | str, *, cache: str | os.PathLike | None = None, tim
 
 
 def _download(spec: WeightSpec, partial: Path, timeout: float, progress: bool) -> None:
-    h, size = hashlib.sha256(), 0
+    h, size, expected = hashlib.sha256(), 0, None
     target = partial.with_name(partial.name[: -len(".partial")])
     try:
         with urllib.request.urlopen(spec.url, timeout=timeout) as resp, open(partial, "wb") as out:
@@ -139,7 +140,11 @@ def _download(spec: WeightSpec, partial: Path, timeout: float, progress: bool) -
                     bar.update(len(block))
             if bar is not None:
                 bar.close()
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    except http.client.IncompleteRead as e:
+        raise DownloadError(
+            f"download of {spec.url} truncated: got {size + len(e.partial)} of {expected} bytes; try again"
+        ) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
         raise DownloadError(
             f"cannot download {spec.url} ({reason}); without network, put the file at {target} "

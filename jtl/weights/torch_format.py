@@ -107,6 +107,10 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
         raise WeightsError(f"weights file not found: {path}")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK"):  # a zip archive whose end (central directory) is missing
+            raise WeightsError(f"{path}: truncated or corrupt PyTorch checkpoint (incomplete zip archive)")
         return _load_legacy(path)
     try:
         with zipfile.ZipFile(path) as zf:

@@ -1,0 +1,88 @@
+"""The ``jtl`` command line.
+
+Every subcommand returns an exit status; a :class:`jtl.errors.JtlError` (a user
+mistake) is printed as one line without a traceback and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jtl.errors import JtlError
+
+
+def _add_port(sub) -> None:
+    p = sub.add_parser("port", help="port torchvision/timm ResNet weights to a jtl (orbax) checkpoint")
+    p.add_argument("--arch", help="architecture, e.g. resnet50 (optional for registry names)")
+    p.add_argument("--src", required=True, help="a .pth / .safetensors file, or a registry name such as resnet50.tv_in1k")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--no-head", action="store_true", help="drop the classifier (fc) and port the backbone only")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.set_defaults(handler=cmd_port)
+
+
+def cmd_port(args) -> int:
+    import os
+
+    from jtl import __version__
+    from jtl.models.zoo import get_arch
+    from jtl.weights import port_torchvision, registry, save_ported
+
+    src, fmt, sha = args.src, None, None
+    if src in registry.REGISTRY:
+        spec = registry.get_spec(src)
+        if args.arch and args.arch != spec.arch:
+            raise JtlError(f"--src {src} holds {spec.arch} weights, not --arch {args.arch}")
+        args.arch, fmt, sha = spec.arch, spec.format, spec.sha256
+        src = str(registry.fetch(spec, progress=True))
+    if not args.arch:
+        raise JtlError("--arch is required when --src is a file")
+    get_arch(args.arch)  # unknown arch -> one-line error before any reading
+    if not os.path.exists(src):
+        raise JtlError(f"weights file not found: {src}")
+    fmt = fmt or ("timm" if src.endswith(".safetensors") else "torchvision")
+    variables = port_torchvision(src, args.arch, include_head=not args.no_head)
+    fc = variables["params"].get("fc")
+    meta = {
+        "arch": args.arch,
+        "num_classes": int(fc["kernel"].shape[1]) if fc is not None else None,
+        "source": os.path.abspath(src) if os.path.exists(src) else src,
+        "source_sha256": sha or registry.sha256_file(src),
+        "format": fmt,
+        "jtl_version": __version__,
+    }
+    out = save_ported(args.out, variables, meta, overwrite=args.overwrite)
+    n = sum(v.size for v in _leaves(variables["params"]))
+    print(f"ported {args.arch} ({n:,} parameters, head: {meta['num_classes']}) from {src} to {out}")
+    return 0
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jtl", description="transfer learning and domain adaptation in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_port(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except JtlError as e:
+        print(f"jtl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("jtl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
