@@ -257,3 +257,28 @@ def test_registry_entries_are_consistent():
     }
     assert {"resnet50", "resnet101", "resnet152"} <= {s.arch for s in REGISTRY.values() if s.name.endswith(".tv2_in1k")}
     assert "resnet50.a1_in1k" in REGISTRY
+
+
+def test_torch_free_reader_matches_torch(tmp_path, torchvision_python):
+    """Dtypes, non-contiguous views, shared storages and offsets read as torch wrote them."""
+    import subprocess
+
+    code = f"""
+import torch, numpy as np, collections
+g = torch.Generator().manual_seed(0)
+base = torch.randn(6, 5, generator=g)
+sd = collections.OrderedDict(
+    f32=torch.randn(4, 3, 2, 2, generator=g), f64=torch.randn(3, generator=g).double(),
+    f16=torch.randn(5, generator=g).half(), i64=torch.arange(7), u8=torch.arange(9, dtype=torch.uint8),
+    b=torch.tensor([True, False]), scalar=torch.tensor(3.5), transposed=base.t(), sliced=base[2:4, 1:],
+    shared=base, empty=torch.zeros(0, 3))
+torch.save(sd, {str(tmp_path / 'x.pth')!r})
+np.savez({str(tmp_path / 'x.npz')!r}, **{{k: v.numpy() for k, v in sd.items()}})
+"""
+    subprocess.run([torchvision_python, "-c", code], check=True)
+    got, _ = read_state_dict(tmp_path / "x.pth")
+    want = np.load(tmp_path / "x.npz")
+    assert list(got) == list(want.files)
+    for k in want.files:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)

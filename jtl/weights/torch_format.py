@@ -52,12 +52,15 @@ class _StorageType:
 
 def _rebuild_tensor(storage, offset, size, stride, *_args, **_kwargs):
     itemsize = storage.dtype.itemsize
-    if not size:
-        return storage[offset : offset + 1].reshape(()).copy()
+    size, stride = tuple(size), tuple(stride)
+    numel = int(np.prod(size)) if size else 1
+    contiguous = tuple(int(np.prod(size[i + 1 :])) for i in range(len(size)))
+    if stride == contiguous or numel <= 1:
+        return storage[offset : offset + numel].reshape(size)  # a view: no copy of the weights
     view = np.lib.stride_tricks.as_strided(
-        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride), writeable=False
+        storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
-    return np.array(view)  # contiguous copy
+    return np.array(view)  # non-contiguous tensor: contiguous copy
 
 
 def _rebuild_parameter(data, *_args, **_kwargs):
