@@ -92,8 +92,9 @@ class ResNet(nn.Module):
     ``stem="imagenet"``: 7x7/2 convolution (padding 3), BatchNorm, ReLU, 3x3/2 max pool.
     ``stem="cifar"``: 3x3/1 convolution (padding 1), BatchNorm, ReLU, no pooling
     (for 28-32 px images).
-    ``frozen_bn``: top-level module names (``"bn1"`` for the stem, ``"layer1"``, ...)
-    whose BatchNorms use their running averages even in train mode (frozen parts).
+    ``frozen_bn``: module names (``"bn1"`` for the stem, a stage ``"layer1"`` or a block
+    ``"layer1_0"``) whose BatchNorms use their running averages even in train mode
+    (frozen parts).
     """
 
     block: str
@@ -145,7 +146,7 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     name=f"{name}_{j}",
                     **kw,
-                )(x, trains(name))
+                )(x, trains(name) and f"{name}_{j}" not in self.frozen_bn)
                 in_features = out_features
             feats[name] = x
         pooled = jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))

@@ -1,0 +1,203 @@
+"""The run configuration: defaults, loading from files, overrides and validation.
+
+A config file is Python with ``get_config(arg=None) -> ml_collections.ConfigDict``
+(``configs/FILE.py:ARG`` passes ``ARG``). Its fields are merged over
+:func:`defaults`, so a file states only what it changes; a key that the defaults
+do not have is an error (typos must not pass silently), and so is a value of
+the wrong type or out of range.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+from jtl.errors import ConfigError
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def defaults() -> ConfigDict:
+    """Every key a run understands, with its default."""
+    c = ConfigDict()
+    c.seed = 0
+    c.batch_size = 128
+    c.eval_batch_size = 256
+    c.total_steps = 1000
+    c.eval_every = 500  # 0: only at the end
+    c.log_every = 50
+    c.checkpoint_every = 500  # 0: only at the end
+    c.keep_checkpoints = 2  # the last N, plus the best by `best_metric`
+    c.best_metric = ""  # e.g. "val/top1" (higher is better); "" = none
+    c.grad_accum_steps = 1
+    c.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
+    c.progress = True
+
+    c.model = ConfigDict()
+    c.model.name = "cifar_resnet8"
+    c.model.num_classes = 10
+    c.model.init = ""  # "": random; a registry name, a `jtl port` dir or a run's workdir
+    c.model.head = "fc"  # the head: re-initialised when shapes differ, "head" group
+
+    c.data = ConfigDict()
+    c.data.train = "fashion_mnist"
+    c.data.train_split = "train"
+    c.data.classes = ()  # keep (and relabel 0..k-1) only these classes
+    c.data.limit = 0  # labelled budget: a seeded subset of this many examples; 0 = all
+    c.data.eval = ("fashion_mnist:test",)  # "NAME:SPLIT" or "LABEL=NAME:SPLIT"
+    c.data.image_size = 32
+    c.data.channels = 3
+    c.data.normalize = "dataset"  # "imagenet" for ported weights, "dataset", or "none"
+    c.data.augment = ()  # e.g. ("flip", "random_resized_crop", "color_jitter")
+
+    c.optim = ConfigDict()
+    c.optim.name = "sgd"  # sgd | adam | adamw
+    c.optim.lr = 0.01
+    c.optim.momentum = 0.9
+    c.optim.nesterov = False
+    c.optim.weight_decay = 5e-4
+    c.optim.clip_norm = 0.0  # global-norm clipping; 0 = off
+    c.optim.schedule = "cosine"  # constant | cosine | step | inv
+    c.optim.warmup_steps = 0
+    c.optim.step_boundaries = (0.5, 0.75)  # fractions of total_steps (schedule "step")
+    c.optim.step_factor = 0.1
+    c.optim.inv_gamma = 10.0  # lr * (1 + gamma p)^-power, p = step / total_steps (schedule "inv")
+    c.optim.inv_power = 0.75
+    # (group, path regex, lr multiplier); every non-frozen parameter must match exactly one.
+    c.optim.groups = (("head", r"^fc/", 1.0), ("backbone", r"^(?!fc/)", 1.0))
+    c.freeze = ()  # path regexes of frozen parameters (e.g. r"^(conv1|bn1|layer1)")
+
+    # Weighted loss pieces sharing one forward pass, e.g. (("ce", 1.0), ("l2sp", 0.01)).
+    c.loss = (("ce", 1.0),)
+    c.loss_options = ConfigDict()  # per-piece options, e.g. loss_options.l2sp = {"alpha": 0.01}
+    c.loss_options.ce = ConfigDict({"label_smoothing": 0.0})
+    return c
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
+    """Load ``path/to/file.py[:ARG]``, merge it over the defaults, apply ``key=value`` overrides."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("_jtl_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - a broken config file is a user error
+        raise ConfigError(f"{path}: cannot execute config file ({type(e).__name__}: {e})") from None
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: defines no get_config(arg=None)")
+    cfg = module.get_config(arg or None) if arg else module.get_config()
+    return resolve(cfg, overrides)
+
+
+def resolve(cfg: ConfigDict | dict, overrides: Iterable[str] = ()) -> ConfigDict:
+    """Merge ``cfg`` over :func:`defaults`, apply overrides, validate; returns a locked copy."""
+    base = defaults()
+    _merge(base, cfg, "")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE")
+        set_value(base, key.removeprefix("config."), value)
+    validate(base)
+    base.lock()
+    return base
+
+
+def _merge(base: ConfigDict, new, prefix: str) -> None:
+    for key, value in (new.items() if hasattr(new, "items") else []):
+        name = f"{prefix}{key}"
+        if key not in base:
+            if prefix.startswith("loss_options."):
+                base[key] = value  # options of a loss piece: free-form
+                continue
+            raise ConfigError(f"unknown config key {name!r}; see jtl.config.defaults() for the keys")
+        if isinstance(base[key], ConfigDict) and hasattr(value, "items"):
+            _merge(base[key], value, name + ".")
+        else:
+            base[key] = _coerce(name, base[key], value)
+
+
+def set_value(cfg: ConfigDict, dotted: str, text: str) -> None:
+    """Set ``cfg.a.b = parse(text)`` for an override ``a.b=text``."""
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for i, p in enumerate(parents):
+        if p not in node:
+            if i > 0 and parents[0] == "loss_options":
+                node[p] = ConfigDict()
+            else:
+                raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r}")
+        node = node[p]
+    if leaf not in node and not (parents and parents[0] == "loss_options"):
+        raise ConfigError(f"unknown config key {dotted!r}; see jtl.config.defaults() for the keys")
+    value = _parse(text)
+    node[leaf] = _coerce(dotted, node[leaf], value) if leaf in node else value
+
+
+def _parse(text: str) -> Any:
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string
+
+
+def _coerce(name: str, old: Any, value: Any) -> Any:
+    if old is None or isinstance(old, ConfigDict):
+        return value
+    if isinstance(old, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {name!r} must be true/false, got {value!r}")
+    if isinstance(old, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(old, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(old, str) and isinstance(value, str):
+        return value
+    if isinstance(old, tuple) and isinstance(value, (list, tuple)):
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if isinstance(old, tuple) and isinstance(value, str):
+        return (value,)
+    raise ConfigError(f"config key {name!r} must be {type(old).__name__}, got {type(value).__name__} {value!r}")
+
+
+def validate(c: ConfigDict) -> None:
+    """Range checks that types alone do not catch."""
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise ConfigError(msg)
+
+    need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}")
+    need(c.eval_batch_size > 0, f"eval_batch_size must be positive, got {c.eval_batch_size}")
+    need(c.total_steps > 0, f"total_steps must be positive, got {c.total_steps}")
+    need(c.grad_accum_steps >= 1 and c.batch_size % c.grad_accum_steps == 0,
+         f"batch_size {c.batch_size} must be a multiple of grad_accum_steps {c.grad_accum_steps}")
+    need(math.isfinite(c.optim.lr) and c.optim.lr >= 0, f"optim.lr must be a finite non-negative number, got {c.optim.lr}")
+    need(math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0,
+         f"optim.weight_decay must be finite and >= 0, got {c.optim.weight_decay}")
+    need(c.optim.name in ("sgd", "adam", "adamw"), f"optim.name must be sgd, adam or adamw, got {c.optim.name!r}")
+    need(c.optim.schedule in ("constant", "cosine", "step", "inv"),
+         f"optim.schedule must be constant, cosine, step or inv, got {c.optim.schedule!r}")
+    need(c.compute_dtype in ("float32", "bfloat16"), f"compute_dtype must be float32 or bfloat16, got {c.compute_dtype!r}")
+    need(c.data.normalize in ("imagenet", "dataset", "none"),
+         f"data.normalize must be imagenet, dataset or none, got {c.data.normalize!r}")
+    need(c.model.num_classes > 0, f"model.num_classes must be positive, got {c.model.num_classes}")
+    for step_key in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "data.limit"):
+        node = c
+        for k in step_key.split("."):
+            node = node[k]
+        need(node >= 0, f"{step_key} must be >= 0, got {node}")
+    for piece in c.loss:
+        need(isinstance(piece, tuple) and len(piece) == 2 and isinstance(piece[0], str)
+             and isinstance(piece[1], (int, float)) and math.isfinite(piece[1]),
+             f"loss entries must be (name, weight) pairs, got {piece!r}")
+    for group in c.optim.groups:
+        need(isinstance(group, tuple) and len(group) == 3, f"optim.groups entries are (name, regex, lr_mult), got {group!r}")

@@ -1,0 +1,119 @@
+"""Loss pieces: named, weighted terms that share one forward pass.
+
+A run's loss is ``sum_i weight_i * piece_i(ctx, **options_i)`` with the pieces
+named in ``config.loss`` and their options in ``config.loss_options.<name>``.
+A piece is a small function of the step's :class:`Context`; register new ones
+with :func:`register`, and they are usable from any config::
+
+    @register("my_loss")
+    def my_loss(ctx, *, scale=1.0):
+        return scale * jnp.mean(ctx.out["features"]["pooled"] ** 2)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from jtl.errors import ConfigError
+from jtl.losses import regularizers
+
+
+@dataclasses.dataclass
+class Context:
+    """What a piece may read: ``params`` being trained, ``anchor`` (starting variables),
+    the ``batch``, the forward ``out`` ({"logits", "features", ...}), ``teacher``
+    (the starting model's outputs on the batch, computed only if a piece needs them),
+    training ``progress`` in [0, 1], a fresh ``rng`` key and the ``head`` regex."""
+
+    params: Any
+    anchor: Any
+    batch: dict
+    out: dict
+    teacher: dict | None
+    progress: jax.Array
+    rng: jax.Array
+    head: str = r"^fc/"
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    fn: Callable[..., jax.Array]
+    needs_anchor: bool = False
+    needs_teacher: bool = False
+
+
+PIECES: dict[str, Piece] = {}
+
+
+def register(name: str, *, needs_anchor: bool = False, needs_teacher: bool = False):
+    """Decorator: make ``fn(ctx, **options) -> scalar`` available as loss piece ``name``."""
+
+    def wrap(fn):
+        PIECES[name] = Piece(fn, needs_anchor or needs_teacher, needs_teacher)
+        return fn
+
+    return wrap
+
+
+def get_piece(name: str) -> Piece:
+    if name not in PIECES:
+        raise ConfigError(f"unknown loss piece {name!r}; known: {', '.join(sorted(PIECES))}")
+    return PIECES[name]
+
+
+def split_head(params, head: str):
+    """``(shared, new)``: parameters outside and inside the head (paths matching ``head``)."""
+    flat = traverse_util.flatten_dict(params)
+    rx = re.compile(head)
+    shared = {k: v for k, v in flat.items() if not rx.search("/".join(k))}
+    new = {k: v for k, v in flat.items() if rx.search("/".join(k))}
+    return shared, new
+
+
+@register("ce")
+def ce(ctx: Context, *, label_smoothing: float = 0.0) -> jax.Array:
+    """Softmax cross-entropy on the labelled batch (``out["logits"]``, ``batch["label"]``)."""
+    logits = ctx.out["logits"].astype(jnp.float32)
+    labels = jax.nn.one_hot(ctx.batch["label"], logits.shape[-1])
+    if label_smoothing:
+        labels = optax.smooth_labels(labels, label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits, labels))
+
+
+@register("l2sp", needs_anchor=True)
+def l2sp_piece(ctx: Context, *, alpha: float = 1.0, beta: float = 0.0) -> jax.Array:
+    """L2-SP towards the starting parameters (see :func:`jtl.losses.regularizers.l2sp`)."""
+    shared, new = split_head(ctx.params, ctx.head)
+    shared0, _ = split_head(ctx.anchor["params"], ctx.head)
+    return regularizers.l2sp(shared, shared0, new, alpha=alpha, beta=beta)
+
+
+@register("delta", needs_teacher=True)
+def delta_piece(ctx: Context, *, layers=("layer1", "layer2", "layer3", "layer4")) -> jax.Array:
+    """DELTA feature-map distance to the starting model on the same batch."""
+    feats, feats0 = ctx.out["features"], ctx.teacher["features"]
+    return regularizers.delta([feats[k] for k in layers], [feats0[k] for k in layers])
+
+
+@register("bss")
+def bss_piece(ctx: Context, *, k: int = 1) -> jax.Array:
+    """Batch spectral shrinkage of the pooled features."""
+    return regularizers.bss(ctx.out["features"]["pooled"], k)
+
+
+@register("lwf", needs_teacher=True)
+def lwf_piece(ctx: Context, *, temperature: float = 2.0) -> jax.Array:
+    """LwF distillation through the starting model's head (``anchor["old_head"]``)."""
+    head = ctx.anchor.get("old_head") if isinstance(ctx.anchor, dict) else None
+    if head is None:
+        raise ConfigError("loss piece 'lwf' needs a starting model with a classifier head (model.init)")
+    old = lambda f: f.astype(jnp.float32) @ head["kernel"] + head["bias"]
+    return regularizers.lwf(old(ctx.out["features"]["pooled"]), old(ctx.teacher["features"]["pooled"]),
+                            temperature=temperature)

@@ -1,0 +1,92 @@
+"""Workdir bookkeeping: the resolved config, versions and devices, atomic JSON writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+from jtl.errors import JtlError
+
+CONFIG_FILE = "config.json"
+# Keys that may change between a run and its resumption without changing the results.
+RESUMABLE_KEYS = ("progress", "total_steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically: a temporary file in the same directory, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _comparable(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in RESUMABLE_KEYS}
+
+
+def prepare_workdir(workdir: Path, cfg) -> None:
+    """Create ``workdir``; refuse one that holds a run of another config; record config and versions."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test.")
+        probe.close()
+    except OSError as e:
+        raise JtlError(f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir") from None
+    new = json.loads(cfg.to_json_best_effort())
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        old = json.loads(path.read_text())
+        if _comparable(old) != _comparable(new):
+            diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
+            raise JtlError(
+                f"workdir {workdir} holds a run of another config (differs in {', '.join(diff)}); "
+                "use a fresh --workdir or the same config"
+            )
+    write_json(path, new)
+    write_json(workdir / "run_info.json", run_info())
+
+
+def run_info() -> dict:
+    """Versions of the numerical stack, the devices and the git commit of jtl."""
+    import jax  # noqa: PLC0415
+
+    versions = {}
+    for mod in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "numpy", "grain", "tensorflow_datasets"):
+        try:
+            versions[mod] = __import__(mod, fromlist=["__version__"]).__version__
+        except (ImportError, AttributeError):
+            versions[mod] = None
+    from jtl import __version__  # noqa: PLC0415
+
+    versions["jtl"] = __version__
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

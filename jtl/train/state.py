@@ -1,0 +1,27 @@
+"""The train state: one pytree that jit steps, orbax checkpoints and vmap sweeps all take."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+    """``step``, trainable ``params``, BatchNorm ``batch_stats``, ``opt_state``, ``rng`` (raw
+    uint32 key data, so checkpoints hold plain arrays) and ``anchor``: the starting
+    variables that regularizers such as L2-SP compare against (``None`` when unused).
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+    anchor: Any = None
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}

@@ -1,0 +1,152 @@
+"""What the trainer trains: model, data, initial state and forward pass, built from a config.
+
+A task provides ``state`` (initial :class:`TrainState`), ``tx``, ``forward``,
+``train_iterator``, ``eval_iterators`` ({label: () -> iterator}), ``prepare``
+(host batch -> model batch), ``lr`` (step -> learning rate), ``head_regex``
+and ``images_per_step``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jtl import data as jdata
+from jtl.errors import ConfigError
+from jtl.models import create_model
+from jtl.optim import frozen_modules, make_optimizer, make_schedule
+from jtl.train.pieces import get_piece
+from jtl.train.state import TrainState
+
+
+def parse_eval(entries) -> dict[str, tuple[str, str]]:
+    """``("test=fashion_mnist:test", "digits:val")`` -> {label: (dataset name, split)}."""
+    out = {}
+    for entry in entries:
+        label, sep, spec = entry.partition("=")
+        if not sep:
+            label, spec = "", entry
+        name, sep, split = spec.rpartition(":")
+        if not sep or not name:
+            raise ConfigError(f"data.eval entry {entry!r} must be NAME:SPLIT or LABEL=NAME:SPLIT")
+        label = label or split
+        if label in out:
+            raise ConfigError(f"two data.eval entries are labelled {label!r}; write LABEL=NAME:SPLIT")
+        out[label] = (name, split)
+    return out
+
+
+def load_source(cfg, name: str, split: str, *, budget: bool):
+    opts = {"seed": cfg.seed}
+    if cfg.data.classes:
+        opts["classes"] = tuple(cfg.data.classes)
+    if budget and cfg.data.limit:
+        opts["limit"] = cfg.data.limit
+    return jdata.load(name, split, **opts)
+
+
+def initial_variables(cfg, model, sample: np.ndarray, head: str):
+    """Random init, or the weights named by ``model.init`` with a fresh head where shapes differ.
+
+    Returns ``(variables, old_head)``: ``old_head`` is the starting checkpoint's head
+    ({"kernel", "bias"}) if it had one (for LwF), else None.
+    """
+    variables = jax.jit(model.init)(jax.random.key(cfg.seed), jnp.asarray(sample))
+    variables = jax.tree.map(np.asarray, dict(variables))
+    variables.setdefault("batch_stats", {})
+    if not cfg.model.init:
+        return variables, None
+    from jtl.train.checkpoint import restore_variables  # noqa: PLC0415
+    from jtl.weights import load_weights, merge_pretrained  # noqa: PLC0415
+
+    src = cfg.model.init
+    if os.path.isdir(src) and (Path(src) / "checkpoints").is_dir():
+        pretrained = restore_variables(src)
+        pretrained = {"params": pretrained["params"], "batch_stats": pretrained["batch_stats"]}
+    else:
+        _, pretrained = load_weights(src, cfg.model.name)
+    merged, _ = merge_pretrained(variables, pretrained, reinit=rf"^(params|batch_stats)/{head}/")
+    old_head = pretrained["params"].get(head)
+    return merged, old_head
+
+
+class ClassificationTask:
+    """Supervised training of ``model.name`` on ``data.train`` (fine-tuning, scratch, probes)."""
+
+    def __init__(self, cfg, mesh):
+        self.cfg = cfg
+        n_dev = mesh.devices.size
+        for key in ("batch_size", "eval_batch_size"):
+            if cfg[key] % n_dev:
+                raise ConfigError(f"{key}={cfg[key]} is not divisible by the {n_dev} devices; make it a multiple of {n_dev}")
+        self.head_regex = rf"^{cfg.model.head}/"
+        pc, pi = jax.process_count(), jax.process_index()
+        src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
+        common = dict(image_size=cfg.data.image_size, channels=cfg.data.channels)
+        norm = None if cfg.data.normalize == "none" else cfg.data.normalize
+        self.train_iterator = jdata.make_iterator(
+            src, batch_size=cfg.batch_size // pc, seed=cfg.seed, train=True, augment=tuple(cfg.data.augment),
+            normalize=norm, process_index=pi, process_count=pc, **common)
+        stats = (self.train_iterator.mean, self.train_iterator.std)
+        self.normalization = {"mean": list(stats[0]), "std": list(stats[1]), **common}
+        self.eval_iterators = {}
+        for label, (name, split) in parse_eval(cfg.data.eval).items():
+            esrc = load_source(cfg, name, split, budget=False)
+            self.eval_iterators[label] = (
+                lambda esrc=esrc: jdata.make_iterator(esrc, batch_size=cfg.eval_batch_size // pc, seed=cfg.seed,
+                                                      train=False, normalize=stats, process_index=pi,
+                                                      process_count=pc, **common))
+        self.images_per_step = cfg.batch_size
+        sample = next(iter(self.eval_iterators.values()))() if self.eval_iterators else None
+        sample_x = next(sample)["image"][:1] if sample is not None else np.zeros(
+            (1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.float32)
+
+        dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+        probe = create_model(cfg.model.name, cfg.model.num_classes)
+        shapes = jax.eval_shape(probe.init, jax.random.key(0), jnp.asarray(sample_x))
+        frozen = frozen_modules(shapes["params"], cfg.freeze)
+        self.model = create_model(cfg.model.name, cfg.model.num_classes, dtype=dtype, frozen_bn=frozen)
+        variables, old_head = initial_variables(cfg, self.model, sample_x, cfg.model.head)
+        self.tx = make_optimizer(cfg, variables["params"])
+        self.lr = make_schedule(cfg)
+        needs_anchor = any(get_piece(name).needs_anchor for name, _ in cfg.loss)
+        anchor = None
+        if needs_anchor:
+            anchor = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+            if old_head is not None:
+                anchor["old_head"] = old_head
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=variables["params"],
+            batch_stats=variables["batch_stats"],
+            opt_state=self.tx.init(variables["params"]),
+            rng=jax.random.key_data(jax.random.key(cfg.seed + 1)),
+            anchor=anchor,
+        )
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self.state = jax.device_put(state, replicated)
+
+    def forward(self, variables, batch, train: bool):
+        if train:
+            (logits, feats), upd = self.model.apply(variables, batch["image"], train=True, return_features=True,
+                                                    mutable=["batch_stats"])
+            return {"logits": logits, "features": feats}, upd.get("batch_stats", variables["batch_stats"])
+        logits, feats = self.model.apply(variables, batch["image"], train=False, return_features=True)
+        return {"logits": logits, "features": feats}, variables["batch_stats"]
+
+    @staticmethod
+    def prepare(batch: dict) -> dict:
+        return {"image": batch["image"], "label": batch["label"]}
+
+
+def build_task(cfg, mesh):
+    return ClassificationTask(cfg, mesh)
+
+
+def flat_paths(tree) -> list[str]:
+    return ["/".join(k) for k in traverse_util.flatten_dict(tree)]

@@ -1,0 +1,52 @@
+"""Run outputs: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+class MetricWriter:
+    def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0, tensorboard: bool = True):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._truncate_after(resume_step)
+        self._tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter  # noqa: PLC0415
+
+                self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop lines logged after ``step`` by a run that was killed before checkpointing them."""
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: dict) -> None:
+        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v):
+    if hasattr(v, "item") and getattr(v, "size", 2) == 1:
+        return v.item()
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return v
