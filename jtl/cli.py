@@ -68,12 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jtl", description="transfer learning and domain adaptation in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_port(sub)
+    from jtl.train.commands import add_parsers as add_train  # noqa: PLC0415
+
+    add_train(sub)
+    try:
+        from jtl.data.cli import add_parser as add_data  # noqa: PLC0415
+
+        add_data(sub)
+    except ImportError:  # pragma: no cover - data CLI optional while developing
+        pass
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a[2:] for a in extra if a.startswith("--config.")]
+    rest = [a for a in extra if not a.startswith("--config.")]
+    if rest or (overrides and not getattr(args, "accepts_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(rest or extra)}")
+    args.overrides = overrides
     try:
         return int(args.handler(args) or 0)
     except JtlError as e:

@@ -24,6 +24,7 @@ ConfigDict = ml_collections.ConfigDict
 def defaults() -> ConfigDict:
     """Every key a run understands, with its default."""
     c = ConfigDict()
+    c.recipe = "train"  # "train" (fine-tuning / from scratch) or "linear_probe" (cached features)
     c.seed = 0
     c.batch_size = 128
     c.eval_batch_size = 256
@@ -175,6 +176,7 @@ def validate(c: ConfigDict) -> None:
         if not ok:
             raise ConfigError(msg)
 
+    need(c.recipe in ("train", "linear_probe"), f"recipe must be train or linear_probe, got {c.recipe!r}")
     need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}")
     need(c.eval_batch_size > 0, f"eval_batch_size must be positive, got {c.eval_batch_size}")
     need(c.total_steps > 0, f"total_steps must be positive, got {c.total_steps}")

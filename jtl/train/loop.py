@@ -53,7 +53,7 @@ class Trainer:
         self.cfg, self.workdir = cfg, Path(workdir).absolute()
         runinfo.prepare_workdir(self.workdir, cfg)
         self.mesh = make_mesh()
-        self.task = task or build_task(cfg, self.mesh)
+        self.task = task or build_task(cfg, self.mesh, self.workdir)
         t = self.task
         loss_fn = make_loss_fn(t.forward, cfg.loss, cfg.loss_options.to_dict(), cfg.total_steps, t.head_regex)
         step = t.make_step(loss_fn) if hasattr(t, "make_step") else make_train_step(loss_fn, t.tx, accum=cfg.grad_accum_steps)
@@ -75,18 +75,24 @@ class Trainer:
             results[label] = classification_metrics(np.concatenate(logits), np.concatenate(labels))
         return results
 
+    def restore(self, step: int | None = None):
+        """``(state, data_state, step)`` from checkpoint ``step`` (default: the latest), or the initial state."""
+        step = self.ckpt.latest_step() if step is None else step
+        if step is None:
+            return self.task.state, None, None
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.task.state)
+        restored, data_state = self.ckpt.restore(step, abstract)
+        state = jax.device_put(restored, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+        return state, data_state, step
+
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg, task = self.cfg, self.task
-        state, data_it = task.state, task.train_iterator
-        start = 0
-        latest = self.ckpt.latest_step()
-        if latest is not None:
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-            restored, data_state = self.ckpt.restore(latest, abstract)
-            state = jax.device_put(restored, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+        data_it = task.train_iterator
+        state, data_state, latest = self.restore()
+        start = latest or 0
+        if data_state is not None:
             data_it.set_state(data_state)
-            start = latest
         writer = MetricWriter(self.workdir, resume_step=start)
         pending: list[dict] = []
         last_good = latest

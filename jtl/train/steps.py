@@ -92,7 +92,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, *, accum: int = 1
             loss, metrics = jnp.mean(losses), jax.tree.map(jnp.mean, ms)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state,
                             rng=jax.random.key_data(key))
         return new, metrics

@@ -144,7 +144,12 @@ class ClassificationTask:
         return {"image": batch["image"], "label": batch["label"]}
 
 
-def build_task(cfg, mesh):
+def build_task(cfg, mesh, workdir):
+    """The task for ``cfg.recipe``: "train" (supervised) or "linear_probe"."""
+    if cfg.recipe == "linear_probe":
+        from jtl.train.probe import LinearProbeTask  # noqa: PLC0415
+
+        return LinearProbeTask(cfg, mesh, workdir)
     return ClassificationTask(cfg, mesh)
 
 

@@ -1,0 +1,141 @@
+"""``jtl data show NAME... --out grid.png`` and ``jtl data stats NAME...``.
+
+``add_parser(subparsers)`` registers ``data``; each sub-command stores its handler in
+``args.func`` (``func(args) -> exit code``). Options reach :func:`jtl.data.load` as
+``-o KEY=VALUE`` (values parsed as Python literals, e.g. ``-o classes=(5,6)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from jtl.data import loading, spec as spec_lib
+from jtl.errors import DataError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("data", help="look at datasets: sample grids and counts")
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{show,stats}")
+    show = sub.add_parser("show", help="draw a grid of samples, one row per domain")
+    show.add_argument("names", nargs="+", metavar="NAME", help="dataset names, e.g. fashion_mnist:mnistm")
+    show.add_argument("--out", required=True, help="PNG file to write")
+    show.add_argument("--split", default="train")
+    show.add_argument("--n", type=int, default=8, help="samples per row")
+    show.add_argument("--seed", type=int, default=0, help="picks the samples and seeded splits")
+    show.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="load() option")
+    show.set_defaults(func=show_command)
+    stats = sub.add_parser("stats", help="print counts per split and class")
+    stats.add_argument("names", nargs="+", metavar="NAME")
+    stats.add_argument("--seed", type=int, default=0)
+    stats.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="load() option")
+    stats.set_defaults(func=stats_command)
+    return parser
+
+
+def _options(pairs: list[str], seed: int) -> dict:
+    out = {"seed": seed}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise DataError(f"option {pair!r} must look like KEY=VALUE")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _rows(names: list[str], split: str, n: int, seed: int, options: dict) -> list[tuple[str, object, np.ndarray]]:
+    """(row title, source, positions): shifted datasets show the same underlying images as their source row."""
+    rng = np.random.default_rng(seed)
+    rows, chosen = [], {}
+    for name in names:
+        sp = spec_lib.parse(name)
+        src = loading.load(name, split, **options)
+        if sp.shifts:
+            base = str(sp.source)
+            if base not in chosen:
+                chosen[base] = np.sort(src.index[rng.choice(len(src), min(n, len(src)), replace=False)])
+                held = loading.load(base, "test" if sp.base == "fashion_mnist" else "all", **options)
+                rows.append((f"{base} (source)", held, np.searchsorted(held.index, chosen[base])))
+            pos = np.searchsorted(src.index, chosen[base])
+            pos = pos[(pos < len(src)) & (src.index[np.minimum(pos, len(src) - 1)] == chosen[base])]
+        else:
+            pos = np.sort(rng.choice(len(src), min(n, len(src)), replace=False))
+        rows.append((name, src, pos))
+    return rows
+
+
+def show(names: list[str], out: str, split: str = "train", n: int = 8, seed: int = 0, **options) -> Path:
+    """Draw ``n`` samples per domain (rows) to the PNG ``out``; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(names, split, n, seed, {"seed": seed, **options})
+    cols = max(len(pos) for _, _, pos in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols + 2, 1.35 * len(rows)), squeeze=False)
+    for r, (title, src, pos) in enumerate(rows):
+        batch = src.getitems(pos) if len(pos) else {"image": [], "label": []}
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(pos):
+                ax.axis("off")
+                continue
+            img = np.asarray(batch["image"][c])
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(src.info.class_names[int(batch["label"][c])][:12], fontsize=7)
+        axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out_path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, out_path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out_path
+
+
+def stats(name: str, **options) -> str:
+    """A table of example counts: one row per class, one column per split."""
+    info = loading.info(name, **options)
+    counts = {}
+    for split in info.splits:
+        try:
+            src = loading.load(name, split, **options)
+        except DataError:
+            continue
+        counts[split] = np.bincount(src.labels, minlength=info.num_classes)
+    shape = "x".join("?" if d is None else str(d) for d in info.image_shape)
+    width = max(12, *(len(c) + 4 for c in info.class_names))
+    lines = [f"{name}  ({shape}, {info.num_classes} classes)", "class".ljust(width) + "".join(f"{s:>9}" for s in counts)]
+    for k, cname in enumerate(info.class_names):
+        lines.append(f"{k:<3} {cname}".ljust(width) + "".join(f"{c[k]:>9}" for c in counts.values()))
+    lines.append("total".ljust(width) + "".join(f"{c.sum():>9}" for c in counts.values()))
+    return "\n".join(lines)
+
+
+def show_command(args) -> int:
+    out = show(args.names, args.out, args.split, args.n, **_options(args.option, args.seed))
+    print(f"wrote {out}")
+    return 0
+
+
+def stats_command(args) -> int:
+    options = _options(args.option, args.seed)
+    print("\n\n".join(stats(name, **options) for name in args.names))
+    return 0

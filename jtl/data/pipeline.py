@@ -1,0 +1,214 @@
+"""Input pipelines on grain: shuffled, repeated, batched, sharded, resumable.
+
+Indices flow through grain (``MapDataset.range -> slice (process shard) -> shuffle ->
+repeat -> batch``) and one ``random_map`` per batch reads the examples and augments
+them, seeded by grain with (seed, batch index). So a batch depends only on the seed and
+its position: the iterator's state is ``{"next_index": k}`` and a restored iterator
+yields exactly the batches the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from jtl.data import augment as aug_lib
+from jtl.errors import DataError
+
+
+def _seeds(seed: int, source) -> tuple[int, int]:
+    """(shuffle seed, augmentation seed), hashed from the seed and the source's name and split.
+
+    grain seeds epoch e of a shuffle with ``seed + e``: hashing keeps seeds s and s + 1
+    (and two datasets given the same seed) from sharing permutations.
+    """
+    tags = [zlib.crc32(str(getattr(source, "name", "")).encode()), zlib.crc32(str(getattr(source, "split", "")).encode())]
+    s = np.random.SeedSequence([int(seed), *tags]).generate_state(2)
+    return int(s[0]), int(s[1])
+
+
+def dataset_stats(source, channels: int | None = None, max_images: int = 10000, seed: int = 0):
+    """Per-channel mean and std of pixel values / 255 over up to ``max_images`` seeded images."""
+    n = len(source)
+    fixed = None not in source.info.image_shape[:2]
+    take = min(n, max_images if fixed else min(max_images, 500))
+    idx = np.sort(np.random.default_rng(seed).choice(n, take, replace=False))
+    total, sq, count = 0.0, 0.0, 0
+    for start in range(0, take, 1024):
+        imgs = source.getitems(idx[start : start + 1024])["image"]
+        for x in imgs if not isinstance(imgs, np.ndarray) else [imgs]:
+            x = aug_lib.to_channels(np.asarray(x), channels).astype(np.float64) / 255.0
+            x = x.reshape(-1, x.shape[-1])
+            total, sq, count = total + x.sum(0), sq + (x * x).sum(0), count + len(x)
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean * mean, 1e-12))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+class _Batch(grain.transforms.RandomMap):
+    """positions (B,) -> batch dict; eval batches get ``mask`` (False on padding)."""
+
+    def __init__(self, source, size, channels, aug, mean, std, output, masked):
+        self.source, self.size, self.channels, self.aug = source, size, channels, aug
+        self.mean, self.std, self.output, self.masked = mean, std, output, masked
+
+    def random_map(self, positions, rng: np.random.Generator):
+        positions = np.asarray(positions, np.int64)
+        valid = positions < len(self.source)
+        ex = self.source.getitems(np.where(valid, positions, 0))
+        x = aug_lib.geometric(ex["image"], self.size, self.aug, rng)
+        x = aug_lib.to_channels(x, self.channels)
+        if "jitter" in self.aug:
+            x = aug_lib.jitter(x, rng, **self.aug["jitter"])
+        if self.output == "uint8":
+            x = x if x.dtype == np.uint8 else np.round(x).astype(np.uint8)
+        else:
+            x = aug_lib.normalize(x, self.mean, self.std)
+        batch = {"image": x, "label": np.asarray(ex["label"], np.int32)}
+        if self.masked:
+            batch["mask"] = valid
+            batch["label"] = np.where(valid, batch["label"], 0).astype(np.int32)
+            if not valid.all():
+                batch["image"] = np.where(valid[:, None, None, None], x, np.zeros_like(x))
+        return batch
+
+    def map(self, positions):
+        return self.random_map(positions, None)
+
+
+class DataIterator:
+    """Iterator over batches with ``get_state()``/``set_state()`` (a dict of ints, JSON-serialisable)."""
+
+    def __init__(self, ds, *, seed, source, batch_size, mean, std, num_batches):
+        self._ds, self._it = ds, iter(ds)
+        self.seed, self.source, self.batch_size = seed, source, batch_size
+        self.mean, self.std, self.num_batches = mean, std, num_batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("a training iterator is infinite")
+        return self.num_batches
+
+    def get_state(self) -> dict[str, Any]:
+        return {k: int(v) for k, v in self._it.get_state().items()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._it.set_state(dict(state))
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+def _mean_std(normalize, source, channels):
+    c = channels or source.info.channels
+    if normalize is None:
+        return (0.0,) * c, (1.0,) * c
+    if normalize == "imagenet":
+        mean, std = aug_lib.IMAGENET_MEAN, aug_lib.IMAGENET_STD
+        if c == 1:  # gray input to an RGB-trained normalisation: average the channels
+            mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+        return tuple(mean), tuple(std)
+    if normalize == "dataset":
+        return dataset_stats(source, channels)
+    try:
+        mean, std = normalize
+        return tuple(map(float, mean)), tuple(map(float, std))
+    except (TypeError, ValueError):
+        raise DataError(f"normalize must be 'imagenet', 'dataset', None or (mean, std), got {normalize!r}") from None
+
+
+def make_iterator(
+    source,
+    *,
+    batch_size: int,
+    seed: int,
+    train: bool = True,
+    image_size: int | None = None,
+    channels: int | None = None,
+    augment: Sequence = ("crop", "flip"),
+    normalize: Any = "imagenet",
+    process_index: int = 0,
+    process_count: int = 1,
+    drop_remainder: bool | None = None,
+    output: str = "float32",
+    num_threads: int | None = None,
+    prefetch: int = 4,
+) -> DataIterator:
+    """Batches of ``source`` (see :mod:`jtl.data` for the contract)."""
+    n = len(source)
+    if batch_size <= 0 or not 0 <= process_index < process_count:
+        raise DataError(f"bad batch_size={batch_size} or process {process_index} of {process_count}")
+    if output not in ("float32", "uint8"):
+        raise DataError(f"output must be 'float32' or 'uint8', got {output!r}")
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be None, 1 or 3, got {channels!r}")
+    mean, std = _mean_std(normalize, source, channels)
+    shuffle_seed, map_seed = _seeds(seed, source)
+    threads = min(4, os.cpu_count() or 1) if num_threads is None else num_threads
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
+    ds = grain.MapDataset.range(n)
+    if train:
+        ds = ds[process_index::process_count]
+        if len(ds) < batch_size:
+            raise DataError(f"{source!r}: {len(ds)} examples per process, fewer than batch_size={batch_size}")
+        transform = _Batch(source, image_size, channels, aug_lib.parse(augment), mean, std, output, False)
+        ds = ds.shuffle(seed=shuffle_seed).repeat(None).batch(batch_size, drop_remainder=True)
+        ds = ds.random_map(transform, seed=map_seed)
+        num_batches = None
+    else:
+        per_step = batch_size * process_count
+        total = (n // per_step if drop_remainder else -(-n // per_step)) * per_step
+        if total == 0:
+            raise DataError(f"{source!r}: fewer examples than one global batch ({per_step}) with drop_remainder")
+        ds = grain.MapDataset.range(total)[process_index::process_count].batch(batch_size)
+        transform = _Batch(source, image_size, channels, {}, mean, std, output, True)
+        ds = ds.map(transform.map)
+        num_batches = len(ds)
+    return DataIterator(
+        ds.to_iter_dataset(read), seed=seed, source=source, batch_size=batch_size, mean=mean, std=std,
+        num_batches=num_batches,
+    )
+
+
+class PairedIterator:
+    """``{"source": batch, "target": batch}``; the state holds both iterators' states."""
+
+    def __init__(self, source_iter: DataIterator, target_iter: DataIterator):
+        self.source, self.target = source_iter, target_iter
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return {"source": next(self.source), "target": next(self.target)}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"source": self.source.get_state(), "target": self.target.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.source.set_state(state["source"])
+        self.target.set_state(state["target"])
+
+
+def paired_iterator(source_iter: DataIterator, target_iter: DataIterator) -> PairedIterator:
+    """Zip a source and a target iterator; their shuffles must be independent (different seeds)."""
+    same = (
+        getattr(source_iter, "seed", None) == getattr(target_iter, "seed", None)
+        and getattr(source_iter.source, "name", 0) == getattr(target_iter.source, "name", 1)
+        and getattr(source_iter.source, "split", 0) == getattr(target_iter.source, "split", 1)
+    )
+    if same:
+        raise DataError("source and target iterators read the same data with the same seed; give the target another seed")
+    return PairedIterator(source_iter, target_iter)

@@ -1,0 +1,151 @@
+"""Linear probe: extract pooled features once, cache them, train a linear classifier on them.
+
+``recipe = "linear_probe"``: the backbone named by ``model.init`` (a run's
+workdir, a `jtl port` directory or registry weights) runs once in eval mode
+over the training and evaluation splits; the pooled features are cached in
+``WORKDIR/features/<split>.npz`` (re-used on re-runs), and the same trainer then
+fits ``logits = f W + b`` with the configured optimizer and loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jtl.errors import ConfigError
+from jtl.models import Dense
+from jtl.optim import make_optimizer, make_schedule
+from jtl.train.state import TrainState
+from jtl.train.tasks import ClassificationTask
+
+
+class _Arrays:
+    """A random-access source over cached feature arrays."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray):
+        self.features, self.labels = features, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"image": self.features[i], "label": self.labels[i]}
+
+
+class _ArrayIterator:
+    """Shuffled, repeated batches of an in-memory array source, resumable (grain state)."""
+
+    def __init__(self, source: _Arrays, batch_size: int, seed: int, train: bool):
+        ds = grain.MapDataset.source(source)
+        if train:
+            ds = ds.shuffle(seed=seed).repeat(None).batch(batch_size, drop_remainder=True)
+        else:
+            n = len(source)
+            padded = grain.MapDataset.range(-(-n // batch_size) * batch_size)
+            ds = padded.map(lambda i: {**source[min(i, n - 1)], "mask": i < n}).batch(batch_size)
+        self._it = iter(ds.to_iter_dataset())
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._it)
+
+    def get_state(self):
+        return {k: int(v) for k, v in self._it.get_state().items()}
+
+    def set_state(self, state):
+        self._it.set_state(dict(state))
+
+
+class LinearHead(Dense):
+    """``logits = f W + b`` on feature vectors, with the classifier call signature."""
+
+    def __call__(self, x, train: bool = False, return_features: bool = False):  # noqa: D102
+        logits = super().__call__(x)
+        return (logits, {"pooled": x}) if return_features else logits
+
+
+class LinearProbeTask:
+    """The trainer's task for a linear probe on cached features of a backbone."""
+
+    def __init__(self, cfg, mesh, workdir: Path):
+        if not cfg.model.init:
+            raise ConfigError("recipe 'linear_probe' needs model.init: the backbone whose features to probe")
+        if cfg.freeze:
+            raise ConfigError("recipe 'linear_probe' trains only the linear head: leave freeze empty")
+        backbone = ClassificationTask(cfg, mesh)  # the pretrained model on the same data
+        self.normalization = backbone.normalization
+        feats = self._extract(cfg, backbone, mesh, Path(workdir) / "features")
+        self.head_regex = r"^(?!)"  # no head/backbone split: every parameter is the classifier
+        self.model = LinearHead(cfg.model.num_classes)
+        train_f, train_y = feats.pop("__train__")
+        variables = self.model.init(jax.random.key(cfg.seed), jnp.zeros((1, train_f.shape[1])))
+        params = jax.tree.map(np.asarray, variables["params"])
+        self.tx = make_optimizer(_probe_optim(cfg), params)
+        self.lr = make_schedule(cfg)
+        self.train_iterator = _ArrayIterator(_Arrays(train_f, train_y), cfg.batch_size, cfg.seed, True)
+        self.eval_iterators = {
+            label: (lambda f=f, y=y: _ArrayIterator(_Arrays(f, y), cfg.eval_batch_size, cfg.seed, False))
+            for label, (f, y) in feats.items()
+        }
+        self.images_per_step = cfg.batch_size
+        state = TrainState(jnp.zeros((), jnp.int32), params, {}, self.tx.init(params),
+                           jax.random.key_data(jax.random.key(cfg.seed + 1)), None)
+        self.state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+    @staticmethod
+    def _extract(cfg, backbone, mesh, cache: Path) -> dict:
+        from jtl.train.steps import make_eval_step, shard_batch  # noqa: PLC0415
+        from jtl.train.tasks import load_source  # noqa: PLC0415
+        from jtl import data as jdata  # noqa: PLC0415
+
+        eval_step = make_eval_step(backbone.forward, mesh)
+        key = hashlib.sha256(f"{cfg.model.init}|{cfg.data.to_json_best_effort()}|{cfg.seed}".encode()).hexdigest()[:12]
+        cache.mkdir(parents=True, exist_ok=True)
+        norm = backbone.normalization
+        train_src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
+        splits = {"__train__": lambda: jdata.make_iterator(
+            train_src, batch_size=cfg.eval_batch_size, seed=cfg.seed, train=False,
+            normalize=(norm["mean"], norm["std"]), image_size=norm["image_size"], channels=norm["channels"])}
+        splits.update(backbone.eval_iterators)
+        out = {}
+        for label, make_it in splits.items():
+            path = cache / f"{label.strip('_')}-{key}.npz"
+            if path.exists():
+                z = np.load(path)
+                out[label] = (z["features"], z["labels"])
+                continue
+            fs, ys = [], []
+            for batch in make_it():
+                mask = np.asarray(batch.pop("mask", np.ones(len(batch["label"]), bool)))
+                pooled = np.asarray(jax.device_get(eval_step(backbone.state, shard_batch(mesh, batch)))["pooled"])
+                fs.append(pooled[mask])
+                ys.append(np.asarray(batch["label"])[mask])
+            f, y = np.concatenate(fs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+            tmp = path.with_name(path.name + ".tmp.npz")
+            np.savez(tmp, features=f, labels=y)
+            tmp.replace(path)
+            out[label] = (f, y)
+        return out
+
+    def forward(self, variables, batch, train: bool):
+        logits, feats = self.model.apply({"params": variables["params"]}, batch["image"], return_features=True)
+        return {"logits": logits, "features": feats}, variables["batch_stats"]
+
+    @staticmethod
+    def prepare(batch: dict) -> dict:
+        return {"image": batch["image"], "label": batch["label"]}
+
+
+def _probe_optim(cfg):
+    """The probe's single parameter group: everything is the head."""
+    probe = cfg.copy_and_resolve_references()
+    with probe.unlocked():
+        probe.optim.groups = (("head", r".", 1.0),)
+    return probe

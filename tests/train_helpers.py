@@ -1,0 +1,60 @@
+"""Small configs and subprocess runners shared by the trainer tests."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from jtl.config import resolve
+
+
+def tiny_config(**overrides):
+    """cifar_resnet8 on scikit-learn digits (8x8): a full run compiles and trains in seconds."""
+    base = {
+        "model": {"name": "cifar_resnet8", "num_classes": 10},
+        "data": {"train": "digits", "train_split": "train", "eval": ("val=digits:val",), "image_size": 8,
+                 "channels": 1, "normalize": "dataset", "augment": ()},
+        "batch_size": 32,
+        "eval_batch_size": 64,
+        "total_steps": 10,
+        "eval_every": 0,
+        "checkpoint_every": 0,
+        "log_every": 1,
+        "progress": False,
+        "optim": {"lr": 0.05, "schedule": "constant", "weight_decay": 0.0},
+    }
+    for key, value in overrides.items():
+        node = base
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return resolve(base)
+
+
+RUN_SCRIPT = r"""
+import json, sys
+from jtl.config import resolve
+from jtl.train import train
+cfg = resolve(json.loads(sys.argv[1]))
+train(cfg, sys.argv[2])
+"""
+
+
+def train_in_subprocess(cfg, workdir, *, devices: int | None = None, wait=True, env=None):
+    """Run ``train(cfg, workdir)`` in a fresh Python (optionally with N forced host devices)."""
+    env = {**os.environ, **(env or {})}
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    cmd = [sys.executable, "-c", RUN_SCRIPT, cfg.to_json_best_effort(), str(workdir)]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def losses(workdir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
