@@ -1,7 +1,7 @@
 """``jtl data show NAME... --out grid.png`` and ``jtl data stats NAME...``.
 
 ``add_parser(subparsers)`` registers ``data``; each sub-command stores its handler in
-``args.func`` (``func(args) -> exit code``). Options reach :func:`jtl.data.load` as
+``args.handler`` (alias ``args.func``): ``handler(args) -> exit code``. Options reach :func:`jtl.data.load` as
 ``-o KEY=VALUE`` (values parsed as Python literals, e.g. ``-o classes=(5,6)``).
 """
 
@@ -29,12 +29,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     show.add_argument("--n", type=int, default=8, help="samples per row")
     show.add_argument("--seed", type=int, default=0, help="picks the samples and seeded splits")
     show.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="load() option")
-    show.set_defaults(func=show_command)
+    show.set_defaults(func=show_command, handler=show_command)
     stats = sub.add_parser("stats", help="print counts per split and class")
     stats.add_argument("names", nargs="+", metavar="NAME")
     stats.add_argument("--seed", type=int, default=0)
     stats.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="load() option")
-    stats.set_defaults(func=stats_command)
+    stats.set_defaults(func=stats_command, handler=stats_command)
     return parser
 
 
