@@ -38,7 +38,7 @@ def get_config(arg: str = "source"):
     c.optim = ml_collections.ConfigDict({"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                                          "schedule": "cosine", "warmup_steps": 20})
     if arg == "source":
-        c.total_steps = 600
+        c.total_steps = 400
     elif arg in ("finetune", "scratch"):
         c.total_steps = 300
         if arg == "finetune":

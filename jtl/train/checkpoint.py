@@ -75,8 +75,15 @@ def restore_variables(workdir: str | os.PathLike, which: str = "best") -> dict:
     ckpt_dir = Path(workdir).absolute() / "checkpoints"
     if not ckpt_dir.is_dir():
         raise JtlError(f"{workdir} has no checkpoints/ (not a jtl run directory)")
-    mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    from absl import logging as absl_logging  # noqa: PLC0415
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # read-only managers warn about being read-only
+    try:
+        mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"),
+                                     options=ocp.CheckpointManagerOptions(read_only=True))
+    finally:
+        absl_logging.set_verbosity(level)
     step = (mngr.best_step() if which == "best" else None) or mngr.latest_step()
     if step is None:
         raise JtlError(f"{ckpt_dir} holds no complete checkpoint")

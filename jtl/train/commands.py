@@ -88,7 +88,7 @@ def cmd_eval(args) -> int:
         chosen = {args.split: lambda: jdata.make_iterator(
             src, batch_size=cfg.eval_batch_size // jax.process_count(), seed=cfg.seed, train=False,
             normalize=(norm["mean"], norm["std"]), image_size=norm["image_size"], channels=norm["channels"],
-            process_index=jax.process_index(), process_count=jax.process_count())}
+            process_index=jax.process_index(), process_count=jax.process_count(), output="uint8")}
     result = trainer.evaluate(state, chosen)[args.split]
     safe = args.split.replace("/", "_").replace(":", "_")
     runinfo.write_json(trainer.workdir / f"eval_{safe}_step{step}.json", {"step": step, **result})

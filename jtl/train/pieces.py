@@ -96,9 +96,10 @@ def l2sp_piece(ctx: Context, *, alpha: float = 1.0, beta: float = 0.0) -> jax.Ar
 
 
 @register("delta", needs_teacher=True)
-def delta_piece(ctx: Context, *, layers=("layer1", "layer2", "layer3", "layer4")) -> jax.Array:
-    """DELTA feature-map distance to the starting model on the same batch."""
+def delta_piece(ctx: Context, *, layers=None) -> jax.Array:
+    """DELTA feature-map distance to the starting model on the same batch (default: every stage output)."""
     feats, feats0 = ctx.out["features"], ctx.teacher["features"]
+    layers = layers or sorted(k for k in feats if re.fullmatch(r"layer\d+", k))
     return regularizers.delta([feats[k] for k in layers], [feats0[k] for k in layers])
 
 
