@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from typing import Any, Iterable
 
 import ml_collections
@@ -53,7 +54,8 @@ def defaults() -> ConfigDict:
     c.data.image_size = 32
     c.data.channels = 3
     c.data.normalize = "dataset"  # "imagenet" for ported weights, "dataset", or "none"
-    c.data.augment = ()  # e.g. ("flip", "random_resized_crop", "color_jitter")
+    c.data.augment = ()  # e.g. ("flip", "crop", "jitter")
+    c.data.val_fraction = 0.0  # carve a seeded, stratified "val" split out of "train"
 
     c.optim = ConfigDict()
     c.optim.name = "sgd"  # sgd | adam | adamw
@@ -72,6 +74,14 @@ def defaults() -> ConfigDict:
     c.optim.groups = (("head", r"^fc/", 1.0), ("backbone", r"^(?!fc/)", 1.0))
     c.freeze = ()  # path regexes of frozen parameters (e.g. r"^(conv1|bn1|layer1)")
 
+    # Unsupervised domain adaptation: set `target` to train on labelled source + unlabelled target.
+    c.adapt = ConfigDict()
+    c.adapt.target = ""  # dataset name of the unlabelled target domain, e.g. "fashion_mnist:mnistm"
+    c.adapt.target_split = "train"
+    c.adapt.bottleneck_dim = 256  # 0: classify the backbone's pooled features directly
+    c.adapt.disc_hidden = 1024
+    c.adapt.mcd_generator_steps = 4
+
     # Weighted loss pieces sharing one forward pass, e.g. (("ce", 1.0), ("l2sp", 0.01)).
     c.loss = (("ce", 1.0),)
     c.loss_options = ConfigDict()  # per-piece options, e.g. loss_options.l2sp = {"alpha": 0.01}
@@ -86,13 +96,19 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
         raise ConfigError(f"config file not found: {path}")
     module_spec = importlib.util.spec_from_file_location("_jtl_config", path)
     module = importlib.util.module_from_spec(module_spec)
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.path.insert(0, folder)  # config files may import shared helpers beside them
     try:
         module_spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path}: defines no get_config(arg=None)")
+        cfg = module.get_config(arg or None) if arg else module.get_config()
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - a broken config file is a user error
-        raise ConfigError(f"{path}: cannot execute config file ({type(e).__name__}: {e})") from None
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"{path}: defines no get_config(arg=None)")
-    cfg = module.get_config(arg or None) if arg else module.get_config()
+        raise ConfigError(f"{path}: cannot build the config ({type(e).__name__}: {e})") from None
+    finally:
+        sys.path.remove(folder)
     return resolve(cfg, overrides)
 
 

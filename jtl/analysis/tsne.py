@@ -61,6 +61,8 @@ def tsne_plot(
     import matplotlib  # Figure + Agg canvas directly: no pyplot, no global backend change
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
     from sklearn.manifold import TSNE
 
     rng = np.random.default_rng(seed)
@@ -98,11 +100,17 @@ def tsne_plot(
                 return ["lightgrey"] * count
             return [cmap(index[v] % cmap.N) for v in lab.tolist()]
 
-        ax2.scatter(es[:, 0], es[:, 1], s=8, c=colours(ys, len(es)), marker="o", alpha=0.6, label="source")
-        ax2.scatter(et[:, 0], et[:, 1], s=14, c=colours(yt, len(et)), marker="x", alpha=0.8, linewidths=0.8,
-                    label="target")
+        ax2.scatter(es[:, 0], es[:, 1], s=8, c=colours(ys, len(es)), marker="o", alpha=0.6)
+        ax2.scatter(et[:, 0], et[:, 1], s=14, c=colours(yt, len(et)), marker="x", alpha=0.8, linewidths=0.8)
         ax2.set_title(f"by class ({len(classes)} classes): o source, x target")
-        ax2.legend(loc="best", markerscale=2)
+        # neutral marker handles for the domains, one colour patch per class (if few)
+        handles = [
+            Line2D([], [], ls="", marker="o", color="black", label="source"),
+            Line2D([], [], ls="", marker="x", color="black", label="target"),
+        ]
+        if len(classes) <= 20:
+            handles += [Patch(color=cmap(index[c] % cmap.N), label=str(c)) for c in classes.tolist()]
+        ax2.legend(handles=handles, loc="best", fontsize="small", ncol=1 + len(handles) // 12)
         ax2.set_xticks([])
         ax2.set_yticks([])
     if title:

@@ -55,7 +55,8 @@ class Trainer:
         self.mesh = make_mesh()
         self.task = task or build_task(cfg, self.mesh, self.workdir)
         t = self.task
-        loss_fn = make_loss_fn(t.forward, cfg.loss, cfg.loss_options.to_dict(), cfg.total_steps, t.head_regex)
+        loss_fn = make_loss_fn(t.forward, cfg.loss, cfg.loss_options.to_dict(), cfg.total_steps, t.head_regex,
+                               apply_head=getattr(t, "apply_head", None))
         step = t.make_step(loss_fn) if hasattr(t, "make_step") else make_train_step(loss_fn, t.tx, accum=cfg.grad_accum_steps)
         self.train_step = jit_train_step(step, self.mesh)
         self.eval_step = make_eval_step(t.forward, self.mesh)

@@ -30,7 +30,10 @@ class Context:
     """What a piece may read: ``params`` being trained, ``anchor`` (starting variables),
     the ``batch``, the forward ``out`` ({"logits", "features", ...}), ``teacher``
     (the starting model's outputs on the batch, computed only if a piece needs them),
-    training ``progress`` in [0, 1], a fresh ``rng`` key and the ``head`` regex."""
+    training ``progress`` in [0, 1], a fresh ``rng`` key, the ``head`` regex and
+    ``apply_head(name, x)``, which applies one of the model's extra heads (a domain
+    discriminator, ...) with the parameters being trained. A piece returns a scalar, or
+    ``(scalar, {name: scalar})`` to log extra metrics."""
 
     params: Any
     anchor: Any
@@ -40,6 +43,7 @@ class Context:
     progress: jax.Array
     rng: jax.Array
     head: str = r"^fc/"
+    apply_head: Callable[[str, jax.Array], jax.Array] | None = None  # (head name, inputs) -> outputs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,7 +135,7 @@ class LinearProbeTask:
             out[label] = (f, y)
         return out
 
-    def forward(self, variables, batch, train: bool):
+    def forward(self, variables, batch, train: bool, rng=None):
         logits, feats = self.model.apply({"params": variables["params"]}, batch["image"], return_features=True)
         return {"logits": logits, "features": feats}, variables["batch_stats"]
 

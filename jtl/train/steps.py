@@ -41,22 +41,30 @@ def shard_batch(mesh: Mesh, batch: dict) -> dict:
 
 
 def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: dict, total_steps: int,
-                 head: str = r"^fc/"):
-    """``loss_fn(params, state, batch, rng) -> (total, (new_batch_stats, metrics))``."""
+                 head: str = r"^fc/", apply_head=None):
+    """``loss_fn(params, state, batch, rng) -> (total, (new_batch_stats, metrics))``.
+
+    ``apply_head(params, name, x)``, when the model has extra heads, lets pieces apply them.
+    """
     pieces = [(name, float(w), get_piece(name), dict(options.get(name, {}))) for name, w in loss]
     needs_teacher = any(p.needs_teacher for _, _, p, _ in pieces)
 
     def loss_fn(params, state: TrainState, batch, rng):
-        out, new_stats = forward({"params": params, "batch_stats": state.batch_stats}, batch, True)
+        fwd_key, piece_key = jax.random.split(rng)
+        out, new_stats = forward({"params": params, "batch_stats": state.batch_stats}, batch, True, fwd_key)
         teacher = None
         if needs_teacher:
             anchor = state.anchor
             teacher, _ = forward({"params": anchor["params"], "batch_stats": anchor["batch_stats"]}, batch, False)
             teacher = jax.lax.stop_gradient(teacher)
-        ctx = Context(params, state.anchor, batch, out, teacher, state.step / total_steps, rng, head)
+        heads = (lambda name, x: apply_head(params, name, x)) if apply_head is not None else None
+        ctx = Context(params, state.anchor, batch, out, teacher, state.step / total_steps, piece_key, head, heads)
         metrics, total = {}, 0.0
         for name, w, piece, opts in pieces:
             value = piece.fn(ctx, **opts)
+            if isinstance(value, tuple):
+                value, aux = value
+                metrics.update({f"{name}/{k}": v for k, v in aux.items()})
             metrics[f"loss/{name}"] = value
             total = total + w * value
         if "label" in batch:

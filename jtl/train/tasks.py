@@ -43,6 +43,8 @@ def parse_eval(entries) -> dict[str, tuple[str, str]]:
 
 def load_source(cfg, name: str, split: str, *, budget: bool):
     opts = {"seed": cfg.seed}
+    if cfg.data.val_fraction:
+        opts["val_fraction"] = cfg.data.val_fraction
     if cfg.data.classes:
         opts["classes"] = tuple(cfg.data.classes)
     if budget and cfg.data.limit:
@@ -138,7 +140,7 @@ class ClassificationTask:
         n = self.normalization
         return jdata.preprocess_on_device({"image": images}, n["mean"], n["std"])["image"]
 
-    def forward(self, variables, batch, train: bool):
+    def forward(self, variables, batch, train: bool, rng=None):
         x = self.model_input(batch["image"])
         if train:
             (logits, feats), upd = self.model.apply(variables, x, train=True, return_features=True,
@@ -154,6 +156,10 @@ class ClassificationTask:
 
 def build_task(cfg, mesh, workdir):
     """The task for ``cfg.recipe``: "train" (supervised) or "linear_probe"."""
+    if cfg.adapt.target:
+        from jtl.train.adapt import AdaptationTask  # noqa: PLC0415
+
+        return AdaptationTask(cfg, mesh)
     if cfg.recipe == "linear_probe":
         from jtl.train.probe import LinearProbeTask  # noqa: PLC0415
 

@@ -1,0 +1,44 @@
+"""Shared recipe of the configs/da_*.py domain-adaptation experiments (not a config itself).
+
+Protocol (Ganin et al. 2016; Long et al. 2018): SGD, momentum 0.9, lr 0.01 for the
+bottleneck and heads and 0.001 for the backbone (multiplier 0.1), inverse decay
+lr (1 + 10 p)^-0.75, weight decay 1e-3, a 256-d bottleneck with BatchNorm, GRL
+warm-up; adaptation methods start from the source-only run of the same seed
+(``model.init``: the source warm-up).
+"""
+
+import ml_collections
+
+from jtl.methods import OPTIONS, method
+
+
+def da_config(arg, *, source, target, classes=(), image_size=32, channels=3, num_classes=10,
+              steps=1500, batch_size=64):
+    """``arg`` = ``METHOD`` or ``METHOD,init=WORKDIR``."""
+    name, *rest = (arg or "source_only").split(",")
+    opts = dict(r.split("=", 1) for r in rest)
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict({"name": "cifar_resnet20", "num_classes": num_classes,
+                                         "init": opts.get("init", "")})
+    c.data = ml_collections.ConfigDict({
+        "train": source, "classes": classes, "val_fraction": 0.1, "image_size": image_size, "channels": channels,
+        "normalize": "dataset", "augment": (),
+        "eval": (f"source_val={source}:val", f"target_test={target}:test"),
+    })
+    c.adapt = ml_collections.ConfigDict({"target": target, "target_split": "train", "bottleneck_dim": 256})
+    c.loss = method(name)
+    c.loss_options = ml_collections.ConfigDict(OPTIONS.get(name, {}))
+    c.batch_size, c.eval_batch_size, c.total_steps = batch_size, 500, steps
+    c.optim = ml_collections.ConfigDict({
+        "name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "schedule": "inv",
+        "groups": (("backbone", r"^backbone/", 0.1), ("heads", r"^(?!backbone/)", 1.0)),
+    })
+    if name == "source_only" and not c.model.init:
+        c.optim.groups = (("all", r".", 1.0),)  # training from scratch: one learning rate
+        c.optim.lr = 0.05
+        c.optim.schedule = "cosine"
+    c.eval_every = steps // 3
+    c.checkpoint_every = steps // 3
+    c.best_metric = "source_val/top1"
+    c.log_every = 50
+    return c

@@ -1,0 +1,17 @@
+"""Fashion-MNIST -> Gaussian-noise (severity 4) Fashion-MNIST, unsupervised domain adaptation.
+
+The target images come from Fashion-MNIST's test split (disjoint from the source's
+training images); ARG picks the method (jtl.methods.METHODS), optionally with the
+source warm-up run to start from::
+
+    jtl train --config configs/da_fmnist_noise.py:source_only --workdir runs/fmnist_noise/source_only
+    jtl train --config configs/da_fmnist_noise.py:dann,init=runs/fmnist_noise/source_only --workdir runs/fmnist_noise/dann
+
+Results (3 seeds, model selection without target labels): docs/results.md.
+"""
+
+from da_common import da_config
+
+
+def get_config(arg=None):
+    return da_config(arg, source="fashion_mnist", target="fashion_mnist:noise@4", image_size=28)
