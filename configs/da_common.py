@@ -13,12 +13,12 @@ from jtl.methods import OPTIONS, method
 
 
 def da_config(arg, *, source, target, classes=(), image_size=32, channels=3, num_classes=10,
-              steps=1500, batch_size=64):
+              steps=1000, batch_size=64):
     """``arg`` = ``METHOD`` or ``METHOD,init=WORKDIR``."""
     name, *rest = (arg or "source_only").split(",")
     opts = dict(r.split("=", 1) for r in rest)
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict({"name": "cifar_resnet20", "num_classes": num_classes,
+    c.model = ml_collections.ConfigDict({"name": "cifar_resnet8", "num_classes": num_classes,
                                          "init": opts.get("init", "")})
     c.data = ml_collections.ConfigDict({
         "train": source, "classes": classes, "val_fraction": 0.1, "image_size": image_size, "channels": channels,

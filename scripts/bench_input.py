@@ -1,6 +1,6 @@
 """Input pipeline throughput against the demo model's train step.
 
-    python scripts/bench_input.py [--seconds 8] [--out docs/benchmarks-input.md]
+    python scripts/bench_input.py [--seconds 8] [--out report.md]   (figures: docs/benchmarks.md)
 
 Measures, on this machine:
 1. paired Fashion-MNIST -> MNIST-M-style batches (2 x 128 images, 32 px, crop + flip,
