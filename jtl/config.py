@@ -38,6 +38,7 @@ def defaults() -> ConfigDict:
     c.grad_accum_steps = 1
     c.compute_dtype = "float32"  # or "bfloat16" (parameters stay float32)
     c.progress = True
+    c.save_predictions = False  # eval logits/features/labels per eval step, for model selection
 
     c.model = ConfigDict()
     c.model.name = "cifar_resnet8"

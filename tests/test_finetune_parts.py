@@ -120,7 +120,7 @@ def test_gradient_accumulation_equals_full_batch_gradient():
     from jtl.train.steps import make_loss_fn, make_train_step
 
     w0 = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
-    fwd = lambda v, b, train: ({"logits": b["image"] @ v["params"]["w"], "features": {}}, v["batch_stats"])
+    fwd = lambda v, b, train, rng=None: ({"logits": b["image"] @ v["params"]["w"], "features": {}}, v["batch_stats"])
     loss_fn = make_loss_fn(fwd, [("ce", 1.0)], {}, total_steps=10)
     tx = optax.sgd(0.5)
     batch = {"image": jnp.asarray(rng.normal(size=(16, 5)), jnp.float32), "label": jnp.asarray(rng.integers(0, 3, 16))}

@@ -301,6 +301,8 @@ class AdaptationTask:
         heads = tuple(h for h, need in (("disc", bool(discs)), ("adv", "mdd" in names), ("head2", "mcd" in names))
                       if need)
         self.structure = "mcd" if "mcd" in names else "single"
+        # Source-only training must not see the target, not even through BatchNorm statistics.
+        self.uses_target = any(n not in ("ce", "ce2") for n in names)
         self.strong = "fixmatch" in names
         self.head_regex = r"^(?!backbone/)"
         pc, pi = jax.process_count(), jax.process_index()
@@ -324,7 +326,7 @@ class AdaptationTask:
                 lambda esrc=esrc: jdata.make_iterator(esrc, batch_size=cfg.eval_batch_size // pc, seed=cfg.seed,
                                                       train=False, normalize=stats, process_index=pi,
                                                       process_count=pc, output="uint8", **common))
-        self.images_per_step = 2 * cfg.batch_size
+        self.images_per_step = (2 if self.uses_target else 1) * cfg.batch_size
 
         dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
         self.model = AdaptationModel(cfg.model.name, cfg.model.num_classes, a.bottleneck_dim, heads,
@@ -371,6 +373,8 @@ class AdaptationTask:
                                              return_features=True)
             return {"logits": logits, "features": feats}, variables["batch_stats"]
         xs, xt = self.model_input(batch["image_s"]), self.model_input(batch["image_t"])
+        if not self.uses_target:
+            xt = xt[:0]
         parts = [xs, xt]
         if self.strong:
             parts.append(strong_augment(xt, jax.random.fold_in(rng, 1)))

@@ -63,17 +63,29 @@ class Trainer:
         self.ckpt = Checkpoints(self.workdir / "checkpoints", keep=cfg.keep_checkpoints, best_metric=cfg.best_metric)
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self, state, splits: dict | None = None) -> dict[str, dict]:
-        """Metrics on each named eval split: {label: classification_metrics(...)}."""
+    def evaluate(self, state, splits: dict | None = None, step: int | None = None) -> dict[str, dict]:
+        """Metrics on each named eval split: {label: classification_metrics(...)}.
+
+        With ``save_predictions``, also writes ``predictions/<label>-<step>.npz`` (logits,
+        pooled features, labels): what model selection without target labels needs.
+        """
         results = {}
         for label, make_it in (splits or self.task.eval_iterators).items():
-            logits, labels = [], []
+            logits, pooled, labels = [], [], []
             for batch in make_it():
                 mask = np.asarray(batch.pop("mask", np.ones(len(batch["label"]), bool)))
                 out = jax.device_get(self.eval_step(state, shard_batch(self.mesh, batch)))
                 logits.append(np.asarray(out["logits"])[mask])
+                pooled.append(np.asarray(out["pooled"])[mask])
                 labels.append(np.asarray(batch["label"])[mask])
-            results[label] = classification_metrics(np.concatenate(logits), np.concatenate(labels))
+            logits, labels = np.concatenate(logits), np.concatenate(labels)
+            results[label] = classification_metrics(logits, labels)
+            if self.cfg.save_predictions and step is not None:
+                folder = self.workdir / "predictions"
+                folder.mkdir(exist_ok=True)
+                tmp = folder / f".{label}-{step}.npz"
+                np.savez(tmp, logits=logits, features=np.concatenate(pooled), labels=labels)
+                os.replace(tmp, folder / f"{label}-{step}.npz")
         return results
 
     def restore(self, step: int | None = None):
@@ -142,7 +154,7 @@ class Trainer:
                 ckpt_due = last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                 if eval_due:
                     row.update({f"train/{k}": v for k, v in flush(step).items()})
-                    evaluated = self.evaluate(state)
+                    evaluated = self.evaluate(state, step=step)
                     for label, m in evaluated.items():
                         row.update({f"{label}/{k}": m[k] for k in SCALAR_KEYS})
                         row[f"{label}/per_class_accuracy"] = m["per_class_accuracy"]
