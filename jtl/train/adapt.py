@@ -447,7 +447,8 @@ def _only(cfg, trainable: str):
 
 
 def _load_backbone(cfg, variables):
-    """Pretrained backbone weights (registry name, port dir, .pth, or a run's workdir) under ``backbone``."""
+    """Pretrained weights: a registry name, port dir or .pth (backbone only), a fine-tuning
+    run's workdir (backbone only) or an adaptation run's workdir (all but the extra heads)."""
     import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
@@ -458,8 +459,12 @@ def _load_backbone(cfg, variables):
     if os.path.isdir(src) and (Path(src) / "checkpoints").is_dir():
         pre = restore_variables(src)
         params, stats = pre["params"], pre["batch_stats"]
-        if "backbone" in params:  # another adaptation run
-            params, stats = params["backbone"], stats.get("backbone", {})
+        if "backbone" in params:
+            # Another adaptation run (the source warm-up): keep its backbone, bottleneck and
+            # classifier; the method's extra heads start fresh.
+            merged, _ = merge_pretrained(variables, {"params": params, "batch_stats": stats},
+                                         reinit=r"^(params|batch_stats)/(disc|adv|head2)/")
+            return merged
     else:
         _, pre = load_weights(src, cfg.model.name)
         params, stats = pre["params"], pre["batch_stats"]
