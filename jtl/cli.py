@@ -36,6 +36,8 @@ def cmd_port(args) -> int:
             raise JtlError(f"--src {src} holds {spec.arch} weights, not --arch {args.arch}")
         args.arch, fmt, sha = spec.arch, spec.format, spec.sha256
         src = str(registry.fetch(spec, progress=True))
+    if not os.path.exists(src):
+        raise JtlError(f"weights file not found: {src} (nor is it a registry name; see jtl.weights.REGISTRY)")
     if not args.arch:
         raise JtlError("--arch is required when --src is a file")
     get_arch(args.arch)  # unknown arch -> one-line error before any reading
@@ -80,7 +82,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OneLineLogs:
+    """A logging filter: library log records (orbax's background threads, asyncio) lose their
+    tracebacks and keep their first line; the error that matters reaches the user as a jtl error.
+    ``JTL_DEBUG=1`` keeps everything."""
+
+    def filter(self, record) -> bool:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record.msg, record.args = (record.getMessage().splitlines() or [""])[0][:300], None
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
+
+
+def _quiet_library_tracebacks() -> None:
+    import logging
+    import os
+
+    if os.environ.get("JTL_DEBUG"):
+        return
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineLogs) for f in logger.filters):
+            logger.addFilter(_OneLineLogs())
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_library_tracebacks()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     overrides = [a[2:] for a in extra if a.startswith("--config.")]

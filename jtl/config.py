@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import sys
 from typing import Any, Iterable
 
@@ -178,6 +179,8 @@ def _coerce(name: str, old: Any, value: Any) -> Any:
         return value
     if isinstance(old, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if isinstance(old, float) and isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(value)  # --config.optim.lr=nan: let validate() say what is wrong with it
     if isinstance(old, str) and isinstance(value, str):
         return value
     if isinstance(old, tuple) and isinstance(value, (list, tuple)):
@@ -209,6 +212,7 @@ def validate(c: ConfigDict) -> None:
     need(c.data.normalize in ("imagenet", "dataset", "none"),
          f"data.normalize must be imagenet, dataset or none, got {c.data.normalize!r}")
     need(c.model.num_classes > 0, f"model.num_classes must be positive, got {c.model.num_classes}")
+    need(c.data.image_size > 0, f"data.image_size must be positive, got {c.data.image_size}")
     for step_key in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "data.limit"):
         node = c
         for k in step_key.split("."):
@@ -220,3 +224,9 @@ def validate(c: ConfigDict) -> None:
              f"loss entries must be (name, weight) pairs, got {piece!r}")
     for group in c.optim.groups:
         need(isinstance(group, tuple) and len(group) == 3, f"optim.groups entries are (name, regex, lr_mult), got {group!r}")
+    for key, regexes in (("freeze", c.freeze), ("optim.groups", [g[1] for g in c.optim.groups])):
+        for rx in regexes:
+            try:
+                re.compile(rx)
+            except (re.error, TypeError) as e:
+                raise ConfigError(f"{key}: {rx!r} is not a valid regular expression ({e})") from None

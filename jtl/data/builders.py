@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             raw = f.read()
-    except OSError as e:
-        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # EOFError: a truncated .gz; zlib.error: damaged data
+        raise DataError(f"cannot read IDX file {path} ({type(e).__name__}: {e}); re-download or reinstall it") from None
     magic = int.from_bytes(raw[:4], "big")
     if magic not in (2049, 2051):
         raise DataError(f"{path} is not an IDX ubyte file (magic {magic}); re-download it")
@@ -279,11 +280,24 @@ def _quiet():
 def prepared(builder_cls, config: ShiftConfig | None = None) -> tfds.core.DatasetBuilder:
     """The builder, prepared under :func:`data_dir` (built on first use)."""
     kwargs = {"config": config} if config is not None else {}
-    with _quiet():
-        builder = builder_cls(data_dir=str(data_dir()), file_format="array_record", **kwargs)
-        if not builder.is_prepared():
-            builder.download_and_prepare()
+    where = data_dir() / builder_cls.name / (config.name if config is not None else "")
+    try:
+        with _quiet():
+            builder = builder_cls(data_dir=str(data_dir()), file_format="array_record", **kwargs)
+            if not builder.is_prepared():
+                builder.download_and_prepare()
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tfds raises many types for a damaged dataset_info.json etc.
+        raise _damaged(where, e) from None
     return builder
+
+
+def _damaged(where, e: Exception, files=()) -> DataError:
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    named = ", ".join(str(f) for f in files) or str(where)
+    return DataError(f"prepared dataset files {named} are damaged ({type(e).__name__}: {first}); "
+                     f"delete {where} and jtl prepares them again")
 
 
 def read_arrays(builder: tfds.core.DatasetBuilder, split: str, with_index: bool = False):
@@ -292,18 +306,22 @@ def read_arrays(builder: tfds.core.DatasetBuilder, split: str, with_index: bool 
     hit = _ARRAYS.get(key)
     if hit is not None:
         return hit
-    src = builder.as_data_source(split=split)
-    n = len(src)
-    first = src[0]
-    images = np.empty((n, *np.shape(first["image"])), np.uint8)
-    labels = np.empty((n,), np.int32)
-    index = np.empty((n,), np.int64) if with_index else None
-    for start in range(0, n, _READ_CHUNK):
-        chunk = src.__getitems__(list(range(start, min(n, start + _READ_CHUNK))))
-        images[start : start + len(chunk)] = np.stack([e["image"] for e in chunk])
-        labels[start : start + len(chunk)] = [e["label"] for e in chunk]
-        if with_index:
-            index[start : start + len(chunk)] = [e["index"] for e in chunk]
+    try:
+        src = builder.as_data_source(split=split)
+        n = len(src)
+        first = src[0]
+        images = np.empty((n, *np.shape(first["image"])), np.uint8)
+        labels = np.empty((n,), np.int32)
+        index = np.empty((n,), np.int64) if with_index else None
+        for start in range(0, n, _READ_CHUNK):
+            chunk = src.__getitems__(list(range(start, min(n, start + _READ_CHUNK))))
+            images[start : start + len(chunk)] = np.stack([e["image"] for e in chunk])
+            labels[start : start + len(chunk)] = [e["label"] for e in chunk]
+            if with_index:
+                index[start : start + len(chunk)] = [e["index"] for e in chunk]
+    except Exception as e:  # noqa: BLE001 - array_record raises RuntimeError with Riegeli's words
+        files = sorted(Path(builder.data_dir).glob(f"*-{split}.array_record*"))
+        raise _damaged(builder.data_dir, e, files) from None
     out = (images, labels, index) if with_index else (images, labels)
     if len(_ARRAYS) > 16:
         _ARRAYS.clear()

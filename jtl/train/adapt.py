@@ -68,8 +68,8 @@ class AdaptationModel(nn.Module):
         self.head = Dense(self.num_classes, dtype=self.dtype)
         if "disc" in self.heads:
             self.disc = MLPHead((self.disc_hidden, self.disc_hidden), 1, dtype=self.dtype)
-        if "adv" in self.heads:
-            self.adv = Dense(self.num_classes, dtype=self.dtype)
+        if "adv" in self.heads:  # MDD's adversary must be as strong as an MLP (Zhang et al. 2019)
+            self.adv = MLPHead((self.disc_hidden,), self.num_classes, dtype=self.dtype)
         if "head2" in self.heads:
             self.head2 = Dense(self.num_classes, dtype=self.dtype)
 

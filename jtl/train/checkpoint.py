@@ -4,11 +4,22 @@ Layout: ``WORKDIR/checkpoints/<step>/{state, data}``: ``state`` the
 :class:`TrainState` pytree, ``data`` the input iterator's state (JSON). orbax
 writes each checkpoint into a temporary directory and renames it when complete,
 so a run killed while saving leaves no checkpoint that restore would pick up.
+
+Integrity: ``data`` also holds a CRC-32 of every array of the state, taken from
+the values being saved. Restoring recomputes them, so a checkpoint whose files
+were damaged afterwards (bit flips, truncation, a missing item) is detected
+(:class:`CorruptCheckpoint`) rather than trained on. Resumption then falls back
+to the newest intact checkpoint and moves the damaged ones to
+``WORKDIR/checkpoints.corrupt/`` (kept for inspection, never deleted).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +29,67 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from jtl.errors import JtlError
+
+_CRC_KEY, _ITER_KEY = "jtl_crc32", "iterator"
+
+
+class CorruptCheckpoint(JtlError):
+    """A checkpoint whose files cannot be read back to the values that were saved."""
+
+
+def _host(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)  # replicated state: this process's copy
+    return np.asarray(jax.device_get(x))
+
+
+def checksums(tree) -> dict[str, int]:
+    """``{path: crc32 of the array's bytes}`` for every leaf of ``tree``."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = np.ascontiguousarray(_host(leaf))
+        out["/".join(_key_name(k) for k in path)] = zlib.crc32(a.view(np.uint8).reshape(-1)) if a.size else 0
+    return out
+
+
+def _key_name(k) -> str:
+    """A path entry as orbax names it: dict keys, dataclass/namedtuple fields and tuple indices alike."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _is_mismatch(e: Exception) -> bool:
+    """orbax's words for a checkpoint of another model/optimizer (as opposed to damaged files)."""
+    msg = str(e)
+    return isinstance(e, ValueError) and ("not compatible with the stored shape" in msg or "Structure mismatch" in msg)
+
+
+def _restore_step(manager, step: int, directory: Path, abstract_state=None) -> tuple[Any, dict]:
+    """Restore and verify one step: ``(state, iterator state)``; CorruptCheckpoint or a mismatch JtlError."""
+    where = directory / str(step)
+    try:
+        out = manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+        )
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first.split(" See full")[0].split(" Truncating/padding")[0][:200]  # orbax's advice does not apply
+        if _is_mismatch(e):
+            raise JtlError(
+                f"checkpoint {where} does not fit this run's model/optimizer ({first}); use a fresh --workdir"
+            ) from None
+        raise CorruptCheckpoint(f"checkpoint {where} is unreadable ({type(e).__name__}: {first})") from None
+    data = dict(out["data"] or {})
+    if set(data) != {_CRC_KEY, _ITER_KEY}:
+        return out["state"], data  # written before checksums were recorded: nothing to verify
+    want, got = data[_CRC_KEY], checksums(out["state"])
+    bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    if bad:
+        raise CorruptCheckpoint(f"checkpoint {where} is corrupt: {len(bad)} array(s) fail their checksum, e.g. {bad[0]}")
+    return out["state"], dict(data[_ITER_KEY] or {})
 
 
 class Checkpoints:
@@ -43,24 +115,53 @@ class Checkpoints:
 
     def save(self, step: int, state, data_state: dict | None, metrics: dict | None = None) -> None:
         metrics = {k: float(v) for k, v in (metrics or {}).items() if k == self.best_metric} or None
+        # Checksums of the values being saved, before the (donated) state can change.
+        data = {_ITER_KEY: data_state or {}, _CRC_KEY: checksums(state)}
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
             metrics=metrics,
         )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
-        try:
-            out = self.manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+        """Checkpoint ``step`` (verified): ``(state, iterator state)``."""
+        return _restore_step(self.manager, step, self.directory, abstract_state)
+
+    def restore_latest(self, abstract_state) -> tuple[Any, dict, int] | None:
+        """The newest intact checkpoint ``(state, iterator state, step)``, or None if there is none.
+
+        Damaged newer checkpoints are logged and moved to ``checkpoints.corrupt/``; if every
+        checkpoint is damaged, nothing is moved and :class:`CorruptCheckpoint` is raised.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        damaged = []
+        for step in steps:
+            try:
+                state, data = self.restore(step, abstract_state)
+            except CorruptCheckpoint as e:
+                print(f"jtl: warning: {e}; trying the previous checkpoint", file=sys.stderr)
+                damaged.append(step)
+                continue
+            for bad in damaged:
+                self._move_aside(bad)
+            return state, data, step
+        if damaged:
+            raise CorruptCheckpoint(
+                f"every checkpoint in {self.directory} is damaged (steps {', '.join(map(str, damaged))}); "
+                f"move {self.directory} away to start the run over"
             )
-        except (ValueError, KeyError, TypeError) as e:
-            raise JtlError(
-                f"checkpoint {self.directory / str(step)} does not fit this run's model/optimizer ({str(e).splitlines()[0][:200]}); "
-                "use a fresh --workdir"
-            ) from None
-        return out["state"], dict(out["data"] or {})
+        return None
+
+    def _move_aside(self, step: int) -> None:
+        """Move a damaged checkpoint out of the manager's directory (kept, not deleted)."""
+        dest_root = self.directory.parent / (self.directory.name + ".corrupt")
+        dest_root.mkdir(exist_ok=True)
+        dest = dest_root / str(step)
+        if dest.exists():
+            dest = dest_root / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(str(self.directory / str(step)), str(dest))
+        print(f"jtl: warning: moved damaged checkpoint {self.directory / str(step)} to {dest}", file=sys.stderr)
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -84,10 +185,22 @@ def restore_variables(workdir: str | os.PathLike, which: str = "best") -> dict:
                                      options=ocp.CheckpointManagerOptions(read_only=True))
     finally:
         absl_logging.set_verbosity(level)
-    step = (mngr.best_step() if which == "best" else None) or mngr.latest_step()
-    if step is None:
-        raise JtlError(f"{ckpt_dir} holds no complete checkpoint")
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    mngr.close()
+    try:
+        best = mngr.best_step() if which == "best" else None
+        order = ([best] if best is not None else []) + sorted((s for s in mngr.all_steps() if s != best), reverse=True)
+        if not order:
+            raise JtlError(f"{ckpt_dir} holds no complete checkpoint")
+        problems = []
+        for step in order:  # the chosen checkpoint, else the newest intact one
+            try:
+                restored, _ = _restore_step(mngr, step, ckpt_dir)
+                break
+            except CorruptCheckpoint as e:
+                print(f"jtl: warning: {e}; trying the previous checkpoint", file=sys.stderr)
+                problems.append(str(step))
+        else:
+            raise CorruptCheckpoint(f"every checkpoint in {ckpt_dir} is damaged (steps {', '.join(problems)})")
+    finally:
+        mngr.close()
     as_np = lambda t: jax.tree.map(np.asarray, t)
     return {"params": as_np(restored["params"]), "batch_stats": as_np(restored["batch_stats"]), "step": step}

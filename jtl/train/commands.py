@@ -49,7 +49,9 @@ def _run_config(workdir: str):
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise JtlError(f"{workdir} is not a jtl run directory (no config.json)")
-    return resolve(json.loads(path.read_text()))
+    from jtl.train.runinfo import read_config_json  # noqa: PLC0415
+
+    return resolve(read_config_json(path))
 
 
 def _trainer(workdir: str):

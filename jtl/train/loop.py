@@ -10,6 +10,7 @@ never the loop.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.errors import JtlError
+from jtl.errors import DataError, JtlError
 from jtl.train import runinfo
 from jtl.train.checkpoint import Checkpoints
 from jtl.train.metrics import SCALAR_KEYS, classification_metrics
@@ -31,6 +32,36 @@ from jtl.train.writer import MetricWriter
 
 class NonFiniteLoss(JtlError):
     """The loss became NaN or inf."""
+
+
+class DiskFull(JtlError):
+    """The workdir's file system ran out of space (or quota)."""
+
+
+def check_finite_batch(batch, where: str) -> None:
+    """Refuse a float input batch holding NaN or inf (uint8 images cannot; cached features and float files can)."""
+    for leaf in jax.tree.leaves(batch):
+        a = np.asarray(leaf)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise DataError(f"{where} holds NaN or inf values ({int((~np.isfinite(a)).sum())} of {a.size}); "
+                            "fix the data source, nothing was trained on it")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, raised directly or wrapped by orbax/tensorstore in another exception."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def enable_compilation_cache() -> None:
@@ -74,6 +105,7 @@ class Trainer:
             logits, pooled, labels = [], [], []
             for batch in make_it():
                 mask = np.asarray(batch.pop("mask", np.ones(len(batch["label"]), bool)))
+                check_finite_batch(batch["image"], f"an input batch of eval split {label!r}")
                 out = jax.device_get(self.eval_step(state, shard_batch(self.mesh, batch)))
                 logits.append(np.asarray(out["logits"])[mask])
                 pooled.append(np.asarray(out["pooled"])[mask])
@@ -90,11 +122,14 @@ class Trainer:
 
     def restore(self, step: int | None = None):
         """``(state, data_state, step)`` from checkpoint ``step`` (default: the latest), or the initial state."""
-        step = self.ckpt.latest_step() if step is None else step
-        if step is None:
-            return self.task.state, None, None
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.task.state)
-        restored, data_state = self.ckpt.restore(step, abstract)
+        if step is None:  # the newest intact checkpoint; damaged newer ones are detected and set aside
+            found = self.ckpt.restore_latest(abstract)
+            if found is None:
+                return self.task.state, None, None
+            restored, data_state, step = found
+        else:
+            restored, data_state = self.ckpt.restore(step, abstract)
         state = jax.device_put(restored, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
         return state, data_state, step
 
@@ -112,6 +147,7 @@ class Trainer:
         images = 0
         t_start = t_log = time.perf_counter()
         first_step_s = None
+        finished = False
         bar = _progress(cfg, start)
 
         def flush(step: int) -> dict:
@@ -126,13 +162,16 @@ class Trainer:
                     where = f"step {last_good} in {self.ckpt.directory}" if last_good is not None else "none"
                     raise NonFiniteLoss(
                         f"loss became {next(iter(bad.values()))} at step {step - len(fetched) + i + 1} "
-                        f"({', '.join(bad)}); stopped, last good checkpoint: {where}"
+                        f"({', '.join(bad)}); stopped, last good checkpoint: {where}; "
+                        "lower optim.lr, set optim.clip_norm or check the data, then use a fresh --workdir"
                     )
             return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
         try:
             for step in range(start + 1, cfg.total_steps + 1):
-                batch = shard_batch(self.mesh, task.prepare(next(data_it)))
+                host_batch = task.prepare(next(data_it))
+                check_finite_batch(host_batch, f"the input batch of step {step} (data.train={cfg.data.train!r})")
+                batch = shard_batch(self.mesh, host_batch)
                 state, metrics = self.train_step(state, batch)
                 pending.append(metrics)
                 images += task.images_per_step
@@ -162,6 +201,11 @@ class Trainer:
                     writer.write(step, row)
                 if ckpt_due:
                     flush(step)  # never checkpoint a state that came from a non-finite loss
+                    if not bool(_all_finite(state.variables)):  # nor one that overflowed with a finite loss
+                        where = f"step {last_good} in {self.ckpt.directory}" if last_good is not None else "none"
+                        raise NonFiniteLoss(
+                            f"parameters became NaN or inf by step {step}; stopped, last good checkpoint: {where}; "
+                            "lower optim.lr, set optim.clip_norm or check the data, then use a fresh --workdir")
                     self.ckpt.save(step, state, data_it.get_state(), row)
                     last_good = step
                 if bar is not None:
@@ -179,12 +223,25 @@ class Trainer:
             }
             runinfo.write_json(self.workdir / "summary.json", summary)
             self.state = state
+            finished = True
             return summary
+        except Exception as e:
+            if isinstance(e, JtlError) or not _disk_full(e):
+                raise
+            raise self._disk_full_error(e) from None
         finally:
             if bar is not None:
                 bar.close()
             writer.close()
-            self.ckpt.close()
+            try:
+                self.ckpt.close()  # waits for an async save still being written
+            except Exception as e:
+                if finished:  # otherwise the error already on its way out says more
+                    raise (self._disk_full_error(e) if _disk_full(e) else e) from None
+
+    def _disk_full_error(self, e: BaseException) -> DiskFull:
+        return DiskFull(f"no space left on the device of {self.workdir} ({type(e).__name__}); free space or move "
+                        "the workdir, then rerun the same command to resume from its last complete checkpoint")
 
 
 def _progress(cfg, start):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.errors import ConfigError
+from jtl.errors import ConfigError, DataError
 from jtl.models import Dense
 from jtl.optim import make_optimizer, make_schedule
 from jtl.train.state import TrainState
@@ -119,8 +119,16 @@ class LinearProbeTask:
         for label, make_it in splits.items():
             path = cache / f"{label.strip('_')}-{key}.npz"
             if path.exists():
-                z = np.load(path)
-                out[label] = (z["features"], z["labels"])
+                try:
+                    with np.load(path) as z:
+                        f, y = z["features"], z["labels"]
+                except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, KeyError, ValueError, ...
+                    raise DataError(f"feature cache {path} is damaged ({type(e).__name__}); delete it and "
+                                    "rerun: the features are extracted again") from None
+                if not np.isfinite(f).all():
+                    raise DataError(f"feature cache {path} holds NaN or inf; delete it and rerun: the features "
+                                    "are extracted again")
+                out[label] = (f, y)
                 continue
             fs, ys = [], []
             for batch in make_it():
@@ -129,6 +137,9 @@ class LinearProbeTask:
                 fs.append(pooled[mask])
                 ys.append(np.asarray(batch["label"])[mask])
             f, y = np.concatenate(fs).astype(np.float32), np.concatenate(ys).astype(np.int32)
+            if not np.isfinite(f).all():
+                raise DataError(f"the backbone model.init={cfg.model.init!r} gives NaN or inf features on "
+                                f"{label.strip('_')}; check those weights")
             tmp = path.with_name(path.name + ".tmp.npz")
             np.savez(tmp, features=f, labels=y)
             tmp.replace(path)

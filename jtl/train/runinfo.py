@@ -45,8 +45,11 @@ def prepare_workdir(workdir: Path, cfg) -> None:
         raise JtlError(f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir") from None
     new = json.loads(cfg.to_json_best_effort())
     path = workdir / CONFIG_FILE
-    if path.exists():
-        old = json.loads(path.read_text())
+    # Only a run that got as far as logging or checkpointing is protected: a start that failed
+    # (a typo in a dataset name, say) must not lock its workdir to the mistaken config.
+    started = (workdir / "metrics.jsonl").exists() or any((workdir / "checkpoints").glob("[0-9]*"))
+    if path.exists() and started:
+        old = read_config_json(path)
         if _comparable(old) != _comparable(new):
             diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
             raise JtlError(
@@ -55,6 +58,15 @@ def prepare_workdir(workdir: Path, cfg) -> None:
             )
     write_json(path, new)
     write_json(workdir / "run_info.json", run_info())
+
+
+def read_config_json(path: Path) -> dict:
+    """A workdir's ``config.json``; a damaged one is a one-line error naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise JtlError(f"{path} is unreadable ({type(e).__name__}: {e}); restore it from a copy, "
+                       "or use a fresh --workdir") from None
 
 
 def run_info() -> dict:

@@ -52,6 +52,14 @@ def load_source(cfg, name: str, split: str, *, budget: bool):
     return jdata.load(name, split, **opts)
 
 
+def check_num_classes(cfg, src) -> None:
+    """Labels beyond the head's outputs would train on garbage (an out-of-range cross-entropy)."""
+    k = max(src.info.num_classes, int(src.labels.max()) + 1 if len(src.labels) else 0)
+    if k > cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but {src.name}:{src.split} has {k} classes; "
+                          f"set model.num_classes={k}, or keep fewer classes with data.classes")
+
+
 def initial_variables(cfg, model, sample: np.ndarray, head: str):
     """Random init, or the weights named by ``model.init`` with a fresh head where shapes differ.
 
@@ -89,6 +97,7 @@ class ClassificationTask:
         self.head_regex = rf"^{cfg.model.head}/"
         pc, pi = jax.process_count(), jax.process_index()
         src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
+        check_num_classes(cfg, src)
         common = dict(image_size=cfg.data.image_size, channels=cfg.data.channels)
         norm = None if cfg.data.normalize == "none" else cfg.data.normalize
         # Batches leave the host as uint8 and are normalised inside the jitted step
@@ -101,6 +110,7 @@ class ClassificationTask:
         self.eval_iterators = {}
         for label, (name, split) in parse_eval(cfg.data.eval).items():
             esrc = load_source(cfg, name, split, budget=False)
+            check_num_classes(cfg, esrc)
             self.eval_iterators[label] = (
                 lambda esrc=esrc: jdata.make_iterator(esrc, batch_size=cfg.eval_batch_size // pc, seed=cfg.seed,
                                                       train=False, normalize=stats, process_index=pi,

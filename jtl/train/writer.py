@@ -22,18 +22,35 @@ class MetricWriter:
                 self._tb = None
 
     def _truncate_after(self, step: int) -> None:
-        """Drop lines logged after ``step`` by a run that was killed before checkpointing them."""
+        """Drop lines logged after ``step`` by a run that was killed before checkpointing them.
+
+        A line cut short (a kill or a full disk in the middle of a write) is dropped too.
+        """
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = [ln for ln in self.path.read_text(errors="replace").splitlines() if _step_of(ln, step + 1) <= step]
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            os.replace(tmp, self.path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
     def write(self, step: int, metrics: dict) -> None:
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        data = memoryview((json.dumps(row) + "\n").encode())
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+            except OSError:
+                os.ftruncate(fd, size)  # no half line left behind (e.g. disk full)
+                raise
+        finally:
+            os.close(fd)
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
@@ -42,6 +59,14 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _step_of(line: str, bad: int) -> int:
+    """The ``step`` of a metrics line; ``bad`` for a blank or damaged one."""
+    try:
+        return int(json.loads(line).get("step", 0)) if line.strip() else bad
+    except (ValueError, AttributeError):
+        return bad
 
 
 def _plain(v):
