@@ -7,7 +7,7 @@ parameter shapes and counts; ``tests/test_perf_numerics.py`` compares the counts
   basic / bottleneck blocks with the stride on the 3x3 convolution, "v1.5").
 - ``cifar_resnet8``: He et al.'s CIFAR ResNet (3x3/1 stem of 16 channels, no pool,
   stages of 16/32/64 channels, one basic block each).
-- :class:`DannHead`: the 2-layer MLP domain discriminator of the bench's DANN case.
+- :class:`AdaptationModel`: ``jtl.train.adapt.AdaptationModel`` with its DANN discriminator.
 """
 
 from __future__ import annotations
@@ -108,21 +108,31 @@ ARCHS = {
 }
 
 
-def create_model(name: str, num_classes: int = 1000) -> ResNet:
+def create_model(name: str, num_classes: int | None = 1000) -> ResNet:
     return ResNet(num_classes=num_classes, **ARCHS[name])
 
 
-class DannHead(nn.Module):
-    """Domain discriminator ``Linear(d, hidden) -> ReLU -> Linear(hidden, 1)`` behind gradient reversal."""
+class AdaptationModel(nn.Module):
+    """``jtl.train.adapt.AdaptationModel`` with a domain discriminator: headless backbone ->
+    bottleneck ``relu(BN(Linear))`` -> classifier, and ``disc`` = ``Linear -> ReLU -> Linear ->
+    ReLU -> Linear(1)`` applied behind gradient reversal by :meth:`discriminate`."""
 
-    def __init__(self, features: int, hidden: int):
+    def __init__(self, arch: str, num_classes: int, bottleneck: int = 256, disc_hidden: int = 1024):
         super().__init__()
-        self.fc1 = nn.Linear(features, hidden)
-        self.fc2 = nn.Linear(hidden, 1)
+        self.backbone = create_model(arch, None)
+        d = self.backbone.num_features
+        self.bottleneck = nn.Sequential(nn.Linear(d, bottleneck), nn.BatchNorm1d(bottleneck), nn.ReLU())
+        self.head = nn.Linear(bottleneck, num_classes)
+        self.disc = nn.Sequential(nn.Linear(bottleneck, disc_hidden), nn.ReLU(), nn.Linear(disc_hidden, disc_hidden),
+                                  nn.ReLU(), nn.Linear(disc_hidden, 1))
 
-    def forward(self, h, coeff: float):
-        h = _Reverse.apply(h, coeff)
-        return self.fc2(torch.relu(self.fc1(h))).squeeze(-1)
+    def forward(self, x):
+        _, pooled = self.backbone(x)
+        f = self.bottleneck(pooled)
+        return self.head(f), f
+
+    def discriminate(self, f, coeff: float):
+        return self.disc(_Reverse.apply(f, coeff)).squeeze(-1)
 
 
 class _Reverse(torch.autograd.Function):

@@ -42,8 +42,8 @@ class Conv(nn.Module):
         return conv2d(x, kernel, self.stride, self.padding)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """The plain XLA convolution (NHWC x HWIO -> NHWC)."""
+def conv2d_plain(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """The plain XLA convolution (NHWC x HWIO -> NHWC): the reference formulation."""
     return jax.lax.conv_general_dilated(
         x,
         kernel,
@@ -51,6 +51,68 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Ar
         padding=((padding, padding), (padding, padding)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
+
+
+# Output maps with at most this many pixels (2x2) use im2col + dot: XLA:CPU's convolution
+# runs there at ~1-3 GFLOP/s in the forward and in the input gradient (docs/benchmarks.md).
+SMALL_MAP_PIXELS = 4
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv2d_plain``'s result, computed the fastest measured way for the shape.
+
+    - 1x1 kernels: a (strided) slice and a matrix product over channels;
+    - outputs of at most ``SMALL_MAP_PIXELS`` pixels: im2col (:func:`conv2d_im2col`);
+    - otherwise XLA's convolution.
+
+    All are the same sum of products (only the summation order differs), so results
+    match the plain formulation to float rounding (tests/test_perf_numerics.py).
+    """
+    k = kernel.shape[0]
+    if k == 1:
+        if padding:
+            x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        if stride > 1:
+            x = x[:, ::stride, ::stride, :]
+        return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+    ho, wo = (_out_size(n, k, stride, padding) for n in x.shape[1:3])
+    if ho * wo <= SMALL_MAP_PIXELS:
+        return conv2d_im2col(x, kernel, stride, padding)
+    return conv2d_plain(x, kernel, stride, padding)
+
+
+def _out_size(n: int, k: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - k) // stride + 1
+
+
+def conv2d_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Convolution as one matrix product: ``patches (N*Ho*Wo, taps*C) @ kernel (taps*C, O)``.
+
+    Each kernel tap ``(di, dj)`` contributes the strided slice
+    ``x_pad[:, di::s, dj::s, :]``; the slices are concatenated along channels in HWIO
+    order, so the kernel is a plain reshape. Taps that only ever read padding (e.g. all
+    but the centre of a 3x3 kernel on a 1x1 map) contribute exact zeros and are dropped,
+    with their kernel rows.
+    """
+    n, h, w, c = x.shape
+    k, o = kernel.shape[0], kernel.shape[-1]
+    ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+    def reads_data(d: int, size: int, out: int) -> bool:  # does tap offset d ever hit a real row?
+        return any(padding <= d + stride * i < padding + size for i in range(out))
+
+    taps = [(di, dj) for di in range(k) for dj in range(k) if reads_data(di, h, ho) and reads_data(dj, w, wo)]
+    cols = [
+        jax.lax.slice(xp, (0, di, dj, 0), (n, di + stride * (ho - 1) + 1, dj + stride * (wo - 1) + 1, c),
+                      (1, stride, stride, 1))
+        for di, dj in taps
+    ]
+    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+    wmat = jnp.concatenate([kernel[di, dj] for di, dj in taps], axis=0) if len(taps) < k * k else (
+        kernel.reshape(k * k * c, o))
+    y = jnp.dot(patches.reshape(n * ho * wo, len(taps) * c), wmat)
+    return y.reshape(n, ho, wo, o)
 
 
 class BatchNorm(nn.Module):
@@ -98,9 +160,55 @@ class BatchNorm(nn.Module):
         return (x.astype(stat_dtype) * mul + add).astype(self.dtype)
 
 
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """``torch.nn.MaxPool2d(3, stride=2, padding=1)``: padding counts as -inf."""
+def max_pool_3x3_s2_plain(x: jax.Array) -> jax.Array:
+    """``torch.nn.MaxPool2d(3, stride=2, padding=1)`` as ``nn.max_pool`` (reference formulation)."""
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """``torch.nn.MaxPool2d(3, stride=2, padding=1)``: padding counts as -inf.
+
+    The forward is XLA's ``reduce_window``. The gradient goes, like PyTorch's and XLA's
+    ``select_and_scatter``, to the first maximum of each window in row-major order, but is
+    computed without ``select_and_scatter`` (which XLA:CPU runs ~14x slower than the
+    forward): for each of the 9 taps, a mask "equals the window max and no earlier tap
+    did" selects the output gradient, which is scattered back with a strided ``lax.pad``;
+    XLA fuses the 9 masks and pads into one loop.
+    """
+    return max_pool_3x3_s2_plain(x)
+
+
+def _max_pool_fwd(x):
+    y = max_pool_3x3_s2_plain(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(res, g):
+    x, y = res
+    n, h, w, c = x.shape
+    ho, wo = y.shape[1:3]
+    neg = jnp.array(-jnp.inf, x.dtype)
+    xp = jax.lax.pad(x, neg, ((0, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0)))
+    zero = jnp.zeros((), g.dtype)
+    claimed = jnp.zeros(y.shape, bool)
+    dxp = None
+    for di in range(3):
+        for dj in range(3):
+            tap = jax.lax.slice(xp, (0, di, dj, 0), (n, di + 2 * (ho - 1) + 1, dj + 2 * (wo - 1) + 1, c),
+                                (1, 2, 2, 1))
+            hit = (tap == y) & ~claimed
+            claimed = claimed | hit
+            part = jnp.where(hit, g, zero)
+            # Back to padded input coordinates: row di + 2*i.
+            hp, wp = h + 2, w + 2
+            cfg = ((0, 0, 0), (di, hp - di - 2 * (ho - 1) - 1, 1), (dj, wp - dj - 2 * (wo - 1) - 1, 1), (0, 0, 0))
+            part = jax.lax.pad(part, zero, cfg)
+            dxp = part if dxp is None else dxp + part
+    return (dxp[:, 1:h + 1, 1:w + 1, :],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def torch_linear_init(fan_in_axis: int = 0):

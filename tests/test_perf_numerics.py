@@ -1,0 +1,151 @@
+"""The fast formulations in jtl.models.layers against the plain XLA ones, and the PyTorch
+reference models of scripts/bench_train_step.py against jtl's architectures.
+
+``conv2d`` (1x1 kernels as a matrix product, im2col on maps of <= 2x2 outputs, XLA's
+convolution elsewhere) and ``max_pool_3x3_s2`` (custom gradient) must agree with
+``conv2d_plain`` / ``max_pool_3x3_s2_plain`` within 1e-5 relative, forward and gradients.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jtl.models import create_model
+from jtl.models import layers as L
+
+ROOT = Path(__file__).resolve().parent.parent
+RTOL = 1e-5
+
+# (kernel, stride, padding, input size): every convolution ResNet-18/50 and the CIFAR ResNets
+# use (stem 7x7/2 p3, 3x3/1 p1, 3x3/2 p1, 1x1/1, 1x1/2), on large, 4x4, 2x2 and 1x1 maps, with
+# odd sizes too.
+CONV_CASES = [
+    (7, 2, 3, 16), (7, 2, 3, 9), (7, 2, 3, 2),
+    (3, 1, 1, 8), (3, 1, 1, 4), (3, 1, 1, 2), (3, 1, 1, 1), (3, 1, 1, 3),
+    (3, 2, 1, 8), (3, 2, 1, 4), (3, 2, 1, 3), (3, 2, 1, 2), (3, 2, 1, 1),
+    (1, 1, 0, 4), (1, 1, 0, 1), (1, 2, 0, 8), (1, 2, 0, 4), (1, 2, 0, 3), (1, 2, 0, 2), (1, 2, 0, 1),
+]
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+@pytest.mark.parametrize("k,stride,pad,size", CONV_CASES)
+def test_conv2d_matches_plain_forward_and_gradients(k, stride, pad, size):
+    kx, kw, kg = jax.random.split(jax.random.key(k * 100 + stride * 10 + size), 3)
+    c, o, n = 6, 5, 3
+    x = jax.random.normal(kx, (n, size, size, c))
+    w = jax.random.normal(kw, (k, k, c, o))
+    y_ref, vjp_ref = jax.vjp(lambda x, w: L.conv2d_plain(x, w, stride, pad), x, w)
+    y, vjp = jax.vjp(jax.jit(lambda x, w: L.conv2d(x, w, stride, pad)), x, w)
+    assert y.shape == y_ref.shape
+    assert _rel(y, y_ref) < RTOL
+    g = jax.random.normal(kg, y.shape)
+    for got, want in zip(vjp(g), vjp_ref(g)):
+        assert _rel(got, want) < RTOL
+
+
+def test_small_maps_take_the_im2col_path():
+    # the formulation choice itself: 2x2 and 1x1 outputs go through a dot, not a convolution
+    x, w = jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 4, 8))
+    hlo = jax.jit(lambda x, w: L.conv2d(x, w, 1, 1)).lower(x, w).as_text()
+    assert "convolution" not in hlo and "dot_general" in hlo
+    hlo = jax.jit(lambda x, w: L.conv2d(x, w, 1, 1)).lower(jnp.ones((2, 8, 8, 4)), w).as_text()
+    assert "convolution" in hlo
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 9, 3), (3, 8, 8, 4), (2, 2, 2, 3), (1, 1, 1, 2), (2, 5, 7, 3)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_max_pool_matches_plain_forward_and_gradients(shape, relu):
+    x = jax.random.normal(jax.random.key(sum(shape)), shape)
+    if relu:  # ties (zeros), as after the stem's ReLU: the gradient goes to the first maximum
+        x = jax.nn.relu(x)
+    y_ref, vjp_ref = jax.vjp(L.max_pool_3x3_s2_plain, x)
+    y, vjp = jax.vjp(jax.jit(L.max_pool_3x3_s2), x)
+    np.testing.assert_array_equal(y, y_ref)
+    g = jax.random.normal(jax.random.key(1), y.shape)
+    assert _rel(vjp(g)[0], vjp_ref(g)[0]) < RTOL
+
+
+def test_max_pool_exact_ties_single_winner():
+    # an all-equal window: exactly one input receives the gradient, the first in row-major order
+    x = jnp.zeros((1, 3, 3, 1))
+    (dx,) = jax.vjp(L.max_pool_3x3_s2, x)[1](jnp.ones((1, 2, 2, 1)))
+    (dx_ref,) = jax.vjp(L.max_pool_3x3_s2_plain, x)[1](jnp.ones((1, 2, 2, 1)))
+    np.testing.assert_array_equal(dx, dx_ref)
+    assert float(dx.sum()) == 4.0
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 32), ("cifar_resnet8", 32)])
+def test_model_train_step_gradients_match_plain(name, size, monkeypatch):
+    """Whole model: loss and parameter gradients with the fast formulations vs the plain ones."""
+    from jtl.models import resnet
+
+    model = create_model(name, 10)
+    x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
+    variables = model.init(jax.random.key(1), x)
+
+    def loss(params):
+        logits, upd = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                  mutable=["batch_stats"])
+        return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), upd
+
+    (l_fast, s_fast), g_fast = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    monkeypatch.setattr(L, "conv2d", L.conv2d_plain)
+    monkeypatch.setattr(resnet, "max_pool_3x3_s2", L.max_pool_3x3_s2_plain)
+    (l_ref, s_ref), g_ref = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    assert _rel(l_fast, l_ref) < RTOL
+    for got, want in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+        # gradients of whole networks: compare against the largest entry of each tensor
+        assert _rel(got, want) < 1e-4
+    for got, want in zip(jax.tree.leaves(s_fast), jax.tree.leaves(s_ref)):
+        assert _rel(got, want) < RTOL
+
+
+def _torch_ref_models():
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("torch_ref_models", ROOT / "scripts" / "torch_ref_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("torch_ref_models", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name,classes,size", [("resnet18", 1000, 64), ("resnet50", 1000, 64),
+                                               ("cifar_resnet8", 5, 32)])
+def test_torch_reference_models_have_jtl_parameter_counts(name, classes, size):
+    tm = _torch_ref_models()
+    model = create_model(name, classes)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    ref = tm.create_model(name, classes)
+    assert tm.num_params(ref) == _count(shapes["params"])
+    # running statistics: torch keeps mean and var per BatchNorm channel (plus a counter)
+    n_stats = sum(b.numel() for n, b in ref.named_buffers() if not n.endswith("num_batches_tracked"))
+    assert n_stats == _count(shapes["batch_stats"])
+    # same layer shapes in the same order (torch OIHW vs jtl HWIO)
+    t_shapes = sorted(tuple(sorted(p.shape)) for p in ref.parameters())
+    j_shapes = sorted(tuple(sorted(v.shape)) for v in jax.tree.leaves(shapes["params"]))
+    assert t_shapes == j_shapes
+
+
+def test_torch_reference_adaptation_model_parameter_count():
+    tm = _torch_ref_models()
+    from jtl.train.adapt import AdaptationModel
+
+    model = AdaptationModel("cifar_resnet8", 5, 256, ("disc",), 1024)
+    shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), 256, method=AdaptationModel.init_all),
+                            jax.random.key(0))
+    assert tm.num_params(tm.AdaptationModel("cifar_resnet8", 5, 256, 1024)) == _count(shapes["params"])
