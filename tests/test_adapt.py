@@ -8,6 +8,7 @@ import pytest
 from jtl.config import resolve
 from jtl.methods import METHODS, OPTIONS
 from jtl.train.loop import Trainer
+from train_helpers import with_overrides
 
 
 @pytest.fixture(autouse=True)
@@ -27,13 +28,7 @@ def da_config(method, **kw):
         "log_every": 1, "progress": False,
         "optim": {"lr": 0.01, "schedule": "inv", "groups": (("backbone", r"^backbone/", 0.1), ("heads", r"^(?!backbone/)", 1.0))},
     }
-    for key, value in kw.items():
-        node = base
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return resolve(base)
+    return resolve(with_overrides(base, kw))
 
 
 def _rows(wd):

@@ -24,13 +24,18 @@ def tiny_config(**overrides):
         "progress": False,
         "optim": {"lr": 0.05, "schedule": "constant", "weight_decay": 0.0},
     }
+    return resolve(with_overrides(base, overrides))
+
+
+def with_overrides(base: dict, overrides: dict) -> dict:
+    """Set dotted keys (``"optim.lr"``) of a nested config dict."""
     for key, value in overrides.items():
         node = base
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return resolve(base)
+    return base
 
 
 RUN_SCRIPT = r"""
