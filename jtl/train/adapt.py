@@ -285,13 +285,11 @@ class AdaptationTask:
     """Source labelled + target unlabelled training of an :class:`AdaptationModel`."""
 
     def __init__(self, cfg, mesh):
-        from jtl.train.tasks import load_source, parse_eval  # noqa: PLC0415
+        from jtl.train.tasks import (  # noqa: PLC0415
+            check_divisible, check_num_classes, eval_iterators, load_source, normalization_of, train_iterator)
 
         self.cfg, a = cfg, cfg.adapt
-        n_dev = mesh.devices.size
-        for key in ("batch_size", "eval_batch_size"):
-            if cfg[key] % n_dev:
-                raise ConfigError(f"{key}={cfg[key]} is not divisible by the {n_dev} devices; make it a multiple of {n_dev}")
+        check_divisible(cfg, mesh)
         if cfg.freeze:
             raise ConfigError("freeze is not supported with domain adaptation (adapt.target); use lr multipliers")
         if cfg.grad_accum_steps != 1:
@@ -309,27 +307,14 @@ class AdaptationTask:
         self.uses_target = any(n not in ("ce", "ce2") for n in names)
         self.strong = "fixmatch" in names
         self.head_regex = r"^(?!backbone/)"
-        pc, pi = jax.process_count(), jax.process_index()
-        common = dict(image_size=cfg.data.image_size, channels=cfg.data.channels)
-        norm = None if cfg.data.normalize == "none" else cfg.data.normalize
         src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
+        check_num_classes(cfg, src)
         tgt = jdata.load(a.target, a.target_split, seed=cfg.seed, **_classes(cfg))
-        src_it = jdata.make_iterator(src, batch_size=cfg.batch_size // pc, seed=cfg.seed, train=True,
-                                     augment=tuple(cfg.data.augment), normalize=norm, process_index=pi,
-                                     process_count=pc, output="uint8", **common)
-        stats = (src_it.mean, src_it.std)
-        tgt_it = jdata.make_iterator(tgt, batch_size=cfg.batch_size // pc, seed=cfg.seed, train=True,
-                                     augment=tuple(cfg.data.augment), normalize=stats, process_index=pi,
-                                     process_count=pc, output="uint8", **common)
-        self.train_iterator = jdata.paired_iterator(src_it, tgt_it)
-        self.normalization = {"mean": list(stats[0]), "std": list(stats[1]), **common}
-        self.eval_iterators = {}
-        for label, (name, split) in parse_eval(cfg.data.eval).items():
-            esrc = load_source(cfg, name, split, budget=False)
-            self.eval_iterators[label] = (
-                lambda esrc=esrc: jdata.make_iterator(esrc, batch_size=cfg.eval_batch_size // pc, seed=cfg.seed,
-                                                      train=False, normalize=stats, process_index=pi,
-                                                      process_count=pc, output="uint8", **common))
+        src_it = train_iterator(cfg, src, None if cfg.data.normalize == "none" else cfg.data.normalize)
+        stats = (src_it.mean, src_it.std)  # the target is normalised like the source
+        self.train_iterator = jdata.paired_iterator(src_it, train_iterator(cfg, tgt, stats))
+        self.normalization = normalization_of(cfg, src_it)
+        self.eval_iterators = eval_iterators(cfg, stats)
         self.images_per_step = (2 if self.uses_target else 1) * cfg.batch_size
 
         dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
@@ -363,10 +348,9 @@ class AdaptationTask:
 
     # -- forward -----------------------------------------------------------------------------
     def model_input(self, images):
-        if images.dtype != jnp.uint8:
-            return images
-        n = self.normalization
-        return jdata.preprocess_on_device({"image": images}, n["mean"], n["std"])["image"]
+        from jtl.train.tasks import normalize_on_device  # noqa: PLC0415
+
+        return normalize_on_device(images, self.normalization)
 
     def apply_head(self, params, name, x):
         return self.model.apply({"params": params}, name, x, method=AdaptationModel.apply_head)

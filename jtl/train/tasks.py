@@ -85,36 +85,66 @@ def initial_variables(cfg, model, sample: np.ndarray, head: str):
     return merged, old_head
 
 
+def check_divisible(cfg, mesh) -> None:
+    """The global batches must split evenly over the devices."""
+    n_dev = mesh.devices.size
+    for key in ("batch_size", "eval_batch_size"):
+        if cfg[key] % n_dev:
+            raise ConfigError(f"{key}={cfg[key]} is not divisible by the {n_dev} devices; make it a multiple of {n_dev}")
+
+
+def train_iterator(cfg, source, normalize):
+    """This process's shard of shuffled, repeated, augmented uint8 batches of ``source``.
+
+    Batches leave the host as uint8 and are normalised inside the jitted step
+    (:func:`normalize_on_device`; scripts/bench_input.py: faster than on the host).
+    """
+    pc, pi = jax.process_count(), jax.process_index()
+    return jdata.make_iterator(
+        source, batch_size=cfg.batch_size // pc, seed=cfg.seed, train=True, augment=tuple(cfg.data.augment),
+        normalize=normalize, process_index=pi, process_count=pc, output="uint8",
+        image_size=cfg.data.image_size, channels=cfg.data.channels)
+
+
+def eval_iterators(cfg, stats) -> dict:
+    """``{label: () -> iterator}`` over each ``data.eval`` split, normalised with the training ``stats``."""
+    pc, pi = jax.process_count(), jax.process_index()
+    out = {}
+    for label, (name, split) in parse_eval(cfg.data.eval).items():
+        esrc = load_source(cfg, name, split, budget=False)
+        check_num_classes(cfg, esrc)
+        out[label] = (lambda esrc=esrc: jdata.make_iterator(
+            esrc, batch_size=cfg.eval_batch_size // pc, seed=cfg.seed, train=False, normalize=stats,
+            process_index=pi, process_count=pc, output="uint8", image_size=cfg.data.image_size,
+            channels=cfg.data.channels))
+    return out
+
+
+def normalization_of(cfg, it) -> dict:
+    return {"mean": list(it.mean), "std": list(it.std), "image_size": cfg.data.image_size,
+            "channels": cfg.data.channels}
+
+
+def normalize_on_device(images, normalization: dict):
+    """uint8 batches are normalised here, on the device; float batches are already normalised."""
+    if images.dtype != jnp.uint8:
+        return images
+    n = normalization
+    return jdata.preprocess_on_device({"image": images}, n["mean"], n["std"])["image"]
+
+
 class ClassificationTask:
     """Supervised training of ``model.name`` on ``data.train`` (fine-tuning, scratch, probes)."""
 
     def __init__(self, cfg, mesh):
         self.cfg = cfg
-        n_dev = mesh.devices.size
-        for key in ("batch_size", "eval_batch_size"):
-            if cfg[key] % n_dev:
-                raise ConfigError(f"{key}={cfg[key]} is not divisible by the {n_dev} devices; make it a multiple of {n_dev}")
+        check_divisible(cfg, mesh)
         self.head_regex = rf"^{cfg.model.head}/"
-        pc, pi = jax.process_count(), jax.process_index()
         src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
         check_num_classes(cfg, src)
-        common = dict(image_size=cfg.data.image_size, channels=cfg.data.channels)
-        norm = None if cfg.data.normalize == "none" else cfg.data.normalize
-        # Batches leave the host as uint8 and are normalised inside the jitted step
-        # (scripts/bench_input.py: faster than normalising on the host).
-        self.train_iterator = jdata.make_iterator(
-            src, batch_size=cfg.batch_size // pc, seed=cfg.seed, train=True, augment=tuple(cfg.data.augment),
-            normalize=norm, process_index=pi, process_count=pc, output="uint8", **common)
-        stats = (self.train_iterator.mean, self.train_iterator.std)
-        self.normalization = {"mean": list(stats[0]), "std": list(stats[1]), **common}
-        self.eval_iterators = {}
-        for label, (name, split) in parse_eval(cfg.data.eval).items():
-            esrc = load_source(cfg, name, split, budget=False)
-            check_num_classes(cfg, esrc)
-            self.eval_iterators[label] = (
-                lambda esrc=esrc: jdata.make_iterator(esrc, batch_size=cfg.eval_batch_size // pc, seed=cfg.seed,
-                                                      train=False, normalize=stats, process_index=pi,
-                                                      process_count=pc, output="uint8", **common))
+        self.train_iterator = train_iterator(cfg, src, None if cfg.data.normalize == "none" else cfg.data.normalize)
+        self.normalization = normalization_of(cfg, self.train_iterator)
+        self.eval_iterators = eval_iterators(cfg, (self.train_iterator.mean, self.train_iterator.std))
         self.images_per_step = cfg.batch_size
         sample_x = np.zeros((1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.float32)
 
@@ -144,11 +174,7 @@ class ClassificationTask:
         self.state = jax.device_put(state, replicated)
 
     def model_input(self, images):
-        """uint8 batches are normalised here, on the device; float batches are already normalised."""
-        if images.dtype != jnp.uint8:
-            return images
-        n = self.normalization
-        return jdata.preprocess_on_device({"image": images}, n["mean"], n["std"])["image"]
+        return normalize_on_device(images, self.normalization)
 
     def forward(self, variables, batch, train: bool, rng=None):
         x = self.model_input(batch["image"])
