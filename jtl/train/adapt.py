@@ -23,7 +23,6 @@ has its own optimizer state over its trainable parameters.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Sequence
 
@@ -437,26 +436,16 @@ def _only(cfg, trainable: str):
 def _load_backbone(cfg, variables):
     """Pretrained weights: a registry name, port dir or .pth (backbone only), a fine-tuning
     run's workdir (backbone only) or an adaptation run's workdir (all but the extra heads)."""
-    import os  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
+    from jtl.train.tasks import pretrained_variables  # noqa: PLC0415
+    from jtl.weights import merge_pretrained  # noqa: PLC0415
 
-    from jtl.train.checkpoint import restore_variables  # noqa: PLC0415
-    from jtl.weights import load_weights, merge_pretrained  # noqa: PLC0415
-
-    src = cfg.model.init
-    if os.path.isdir(src) and (Path(src) / "checkpoints").is_dir():
-        pre = restore_variables(src)
-        params, stats = pre["params"], pre["batch_stats"]
-        if "backbone" in params:
-            # Another adaptation run (the source warm-up): keep its backbone, bottleneck and
-            # classifier; the method's extra heads start fresh.
-            merged, _ = merge_pretrained(variables, {"params": params, "batch_stats": stats},
-                                         reinit=r"^(params|batch_stats)/(disc|adv|head2)/")
-            return merged
-    else:
-        _, pre = load_weights(src, cfg.model.name)
-        params, stats = pre["params"], pre["batch_stats"]
-    pretrained = {"params": {"backbone": params}, "batch_stats": {"backbone": stats}}
+    pre = pretrained_variables(cfg)
+    if "backbone" in pre["params"]:
+        # Another adaptation run (the source warm-up): keep its backbone, bottleneck and
+        # classifier; the method's extra heads start fresh.
+        merged, _ = merge_pretrained(variables, pre, reinit=r"^(params|batch_stats)/(disc|adv|head2)/")
+        return merged
+    pretrained = {"params": {"backbone": pre["params"]}, "batch_stats": {"backbone": pre["batch_stats"]}}
     merged, _ = merge_pretrained(variables, pretrained,
                                  reinit=r"^(params|batch_stats)/(?!backbone/)|^(params|batch_stats)/backbone/fc/")
     return merged

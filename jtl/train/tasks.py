@@ -60,6 +60,20 @@ def check_num_classes(cfg, src) -> None:
                           f"set model.num_classes={k}, or keep fewer classes with data.classes")
 
 
+def pretrained_variables(cfg) -> dict:
+    """``{"params", "batch_stats"}`` named by ``model.init``: another run's workdir (its best,
+    else latest checkpoint), or weights (registry name, `jtl port` directory, .pth/.safetensors)."""
+    from jtl.train.checkpoint import restore_variables  # noqa: PLC0415
+    from jtl.weights import load_weights  # noqa: PLC0415
+
+    src = cfg.model.init
+    if os.path.isdir(src) and (Path(src) / "checkpoints").is_dir():
+        pre = restore_variables(src)
+    else:
+        _, pre = load_weights(src, cfg.model.name)
+    return {"params": pre["params"], "batch_stats": pre["batch_stats"]}
+
+
 def initial_variables(cfg, model, sample: np.ndarray, head: str):
     """Random init, or the weights named by ``model.init`` with a fresh head where shapes differ.
 
@@ -71,15 +85,9 @@ def initial_variables(cfg, model, sample: np.ndarray, head: str):
     variables.setdefault("batch_stats", {})
     if not cfg.model.init:
         return variables, None
-    from jtl.train.checkpoint import restore_variables  # noqa: PLC0415
-    from jtl.weights import load_weights, merge_pretrained  # noqa: PLC0415
+    from jtl.weights import merge_pretrained  # noqa: PLC0415
 
-    src = cfg.model.init
-    if os.path.isdir(src) and (Path(src) / "checkpoints").is_dir():
-        pretrained = restore_variables(src)
-        pretrained = {"params": pretrained["params"], "batch_stats": pretrained["batch_stats"]}
-    else:
-        _, pretrained = load_weights(src, cfg.model.name)
+    pretrained = pretrained_variables(cfg)
     merged, _ = merge_pretrained(variables, pretrained, reinit=rf"^(params|batch_stats)/{head}/")
     old_head = pretrained["params"].get(head)
     return merged, old_head
