@@ -91,9 +91,8 @@ def defaults() -> ConfigDict:
     return c
 
 
-def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
-    """Load ``path/to/file.py[:ARG]``, merge it over the defaults, apply ``key=value`` overrides."""
-    path, _, arg = spec.partition(":")
+def load_module(path: str):
+    """Execute config file ``path`` as a module (its folder importable, for shared helpers)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     module_spec = importlib.util.spec_from_file_location("_jtl_config", path)
@@ -102,16 +101,30 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
     sys.path.insert(0, folder)  # config files may import shared helpers beside them
     try:
         module_spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ConfigError(f"{path}: defines no get_config(arg=None)")
-        cfg = module.get_config(arg or None) if arg else module.get_config()
-    except ConfigError:
-        raise
     except Exception as e:  # noqa: BLE001 - a broken config file is a user error
         raise ConfigError(f"{path}: cannot build the config ({type(e).__name__}: {e})") from None
     finally:
         sys.path.remove(folder)
-    return resolve(cfg, overrides)
+    return module
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
+    """Load ``path/to/file.py[:ARG]``, merge it over the defaults, apply ``key=value`` overrides."""
+    path, _, arg = spec.partition(":")
+    return resolve(call_config_file(path, "get_config", arg), overrides)
+
+
+def call_config_file(path: str, function: str, arg: str = ""):
+    """``function(arg)`` (or ``function()`` without arg) of config file ``path``; its errors are one line."""
+    module = load_module(path)
+    if not hasattr(module, function):
+        raise ConfigError(f"{path}: defines no {function}(arg=None)")
+    try:
+        return getattr(module, function)(arg) if arg else getattr(module, function)()
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a broken config file is a user error
+        raise ConfigError(f"{path}: {function} failed ({type(e).__name__}: {e})") from None
 
 
 def resolve(cfg: ConfigDict | dict, overrides: Iterable[str] = ()) -> ConfigDict:
@@ -143,8 +156,17 @@ def _merge(base: ConfigDict, new, prefix: str) -> None:
 
 
 def set_value(cfg: ConfigDict, dotted: str, text: str) -> None:
-    """Set ``cfg.a.b = parse(text)`` for an override ``a.b=text``."""
+    """Set ``cfg.a.b = parse(text)`` for an override ``a.b=text``; ``loss.NAME=W`` sets the
+    weight of loss piece NAME (appending the piece if the loss has none of that name)."""
     *parents, leaf = dotted.split(".")
+    if parents == ["loss"]:
+        w = _parse(text)
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise ConfigError(f"loss weight {dotted} must be a number, got {text!r}")
+        names = [n for n, _ in cfg.loss]
+        cfg.loss = tuple((n, float(w) if n == leaf else v) for n, v in cfg.loss) + \
+            ((() if leaf in names else ((leaf, float(w)),)))
+        return
     node = cfg
     for i, p in enumerate(parents):
         if p not in node:
@@ -203,6 +225,8 @@ def validate(c: ConfigDict) -> None:
     need(c.grad_accum_steps >= 1 and c.batch_size % c.grad_accum_steps == 0,
          f"batch_size {c.batch_size} must be a multiple of grad_accum_steps {c.grad_accum_steps}")
     need(math.isfinite(c.optim.lr) and c.optim.lr >= 0, f"optim.lr must be a finite non-negative number, got {c.optim.lr}")
+    need(math.isfinite(c.optim.clip_norm) and c.optim.clip_norm >= 0,
+         f"optim.clip_norm must be finite and >= 0 (0 = off), got {c.optim.clip_norm}")
     need(math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0,
          f"optim.weight_decay must be finite and >= 0, got {c.optim.weight_decay}")
     need(c.optim.name in ("sgd", "adam", "adamw"), f"optim.name must be sgd, adam or adamw, got {c.optim.name!r}")

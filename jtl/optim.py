@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+import jax
 import optax
 from flax import traverse_util
 
@@ -69,15 +70,22 @@ def make_schedule(cfg) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), main], [o.warmup_steps])
 
 
+def nonzero(x) -> bool:
+    """Whether an optional term is on. A traced value (a vectorized sweep's swept number) counts
+    as on: the sweep groups only members that agree on which terms are on."""
+    return isinstance(x, jax.core.Tracer) or bool(x)
+
+
 def _base(cfg, lr_mult: float) -> optax.GradientTransformation:
     o = cfg.optim
     sched = make_schedule(cfg)
     lr = (lambda step: lr_mult * sched(step)) if lr_mult != 1.0 else sched
     if o.name == "sgd":
-        parts = [optax.add_decayed_weights(o.weight_decay)] if o.weight_decay else []
-        return optax.chain(*parts, optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+        parts = [optax.add_decayed_weights(o.weight_decay)] if nonzero(o.weight_decay) else []
+        return optax.chain(*parts, optax.sgd(lr, momentum=o.momentum if nonzero(o.momentum) else None,
+                                             nesterov=o.nesterov))
     if o.name == "adam":
-        parts = [optax.add_decayed_weights(o.weight_decay)] if o.weight_decay else []
+        parts = [optax.add_decayed_weights(o.weight_decay)] if nonzero(o.weight_decay) else []
         return optax.chain(*parts, optax.adam(lr))
     return optax.adamw(lr, weight_decay=o.weight_decay)
 
@@ -89,7 +97,7 @@ def make_optimizer(cfg, params) -> optax.GradientTransformation:
     for name, _, mult in cfg.optim.groups:
         transforms[name] = _base(cfg, float(mult))
     tx = optax.multi_transform(transforms, labels)
-    if cfg.optim.clip_norm > 0:
+    if nonzero(cfg.optim.clip_norm):
         tx = optax.chain(optax.clip_by_global_norm(cfg.optim.clip_norm), tx)
     return tx
 

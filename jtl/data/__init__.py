@@ -49,8 +49,9 @@ augment=("crop", "flip"), normalize="imagenet", process_index=0, process_count=1
 drop_remainder=None, output="float32")`` yields ``{"image": float32 (B, H, W, C),
 "label": int32 (B,)}``:
 
-- ``train=True``: this process's shard (``process_index::process_count``), shuffled,
-  repeated forever, augmented (``crop``, ``flip``, ``jitter``; see :mod:`jtl.data.augment`).
+- ``train=True``: this process's rows (slice ``process_index``) of global batches of
+  ``batch_size * process_count``, shuffled, repeated forever, augmented (``crop``, ``flip``,
+  ``jitter``; see :mod:`jtl.data.augment`).
 - ``train=False``: one ordered pass, no augmentation, every batch full size with a bool
   ``"mask"``: the last batch is padded (mask False, image 0, label 0) so every process
   gets the same number of batches; ``drop_remainder=True`` drops it instead.

@@ -285,12 +285,29 @@ def prepared(builder_cls, config: ShiftConfig | None = None) -> tfds.core.Datase
         with _quiet():
             builder = builder_cls(data_dir=str(data_dir()), file_format="array_record", **kwargs)
             if not builder.is_prepared():
-                builder.download_and_prepare()
+                with _prepare_lock(builder_cls.name):  # processes of one run (or a sweep) share data_dir()
+                    builder = builder_cls(data_dir=str(data_dir()), file_format="array_record", **kwargs)
+                    if not builder.is_prepared():  # unless another process prepared it meanwhile
+                        builder.download_and_prepare()
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - tfds raises many types for a damaged dataset_info.json etc.
         raise _damaged(where, e) from None
     return builder
+
+
+@contextlib.contextmanager
+def _prepare_lock(name: str):
+    """One process at a time prepares a dataset (an exclusive lock on a file beside it)."""
+    import fcntl  # noqa: PLC0415
+
+    data_dir().mkdir(parents=True, exist_ok=True)
+    with open(data_dir() / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _damaged(where, e: Exception, files=()) -> DataError:

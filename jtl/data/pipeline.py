@@ -52,11 +52,14 @@ def dataset_stats(source, channels: int | None = None, max_images: int = 10000, 
 class _Batch(grain.transforms.RandomMap):
     """positions (B,) -> batch dict; eval batches get ``mask`` (False on padding)."""
 
-    def __init__(self, source, size, channels, aug, mean, std, output, masked):
+    def __init__(self, source, size, channels, aug, mean, std, output, masked, stream=None):
         self.source, self.size, self.channels, self.aug = source, size, channels, aug
         self.mean, self.std, self.output, self.masked = mean, std, output, masked
+        self.stream = stream  # with several processes: this process's own random stream
 
     def random_map(self, positions, rng: np.random.Generator):
+        if self.stream is not None and rng is not None:  # processes get the same seed per batch
+            rng = np.random.default_rng((int(rng.integers(2**63)), self.stream))
         positions = np.asarray(positions, np.int64)
         valid = positions < len(self.source)
         ex = self.source.getitems(np.where(valid, positions, 0))
@@ -78,6 +81,16 @@ class _Batch(grain.transforms.RandomMap):
 
     def map(self, positions):
         return self.random_map(positions, None)
+
+
+class _ProcessSlice(grain.transforms.Map):
+    """Global batch positions -> this process's contiguous slice of them."""
+
+    def __init__(self, start: int, size: int):
+        self.start, self.size = start, size
+
+    def map(self, positions):
+        return np.asarray(positions)[self.start : self.start + self.size]
 
 
 class DataIterator:
@@ -158,21 +171,29 @@ def make_iterator(
     shuffle_seed, map_seed = _seeds(seed, source)
     threads = min(4, os.cpu_count() or 1) if num_threads is None else num_threads
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
-    ds = grain.MapDataset.range(n)
+    # Every process walks the same sequence of global batches (batch_size * process_count
+    # positions) and keeps its slice of each: the global batches do not depend on the
+    # number of processes.
+    per_step = batch_size * process_count
+    mine = _ProcessSlice(process_index * batch_size, batch_size) if process_count > 1 else None
     if train:
-        ds = ds[process_index::process_count]
-        if len(ds) < batch_size:
-            raise DataError(f"{source!r}: {len(ds)} examples per process, fewer than batch_size={batch_size}")
-        transform = _Batch(source, image_size, channels, aug_lib.parse(augment), mean, std, output, False)
-        ds = ds.shuffle(seed=shuffle_seed).repeat(None).batch(batch_size, drop_remainder=True)
+        if n < per_step:
+            raise DataError(f"{source!r}: {n // process_count} examples per process, "
+                            f"fewer than batch_size={batch_size}")
+        transform = _Batch(source, image_size, channels, aug_lib.parse(augment), mean, std, output, False,
+                           stream=process_index if mine is not None else None)
+        ds = grain.MapDataset.range(n).shuffle(seed=shuffle_seed).repeat(None).batch(per_step, drop_remainder=True)
+        if mine is not None:
+            ds = ds.map(mine)
         ds = ds.random_map(transform, seed=map_seed)
         num_batches = None
     else:
-        per_step = batch_size * process_count
         total = (n // per_step if drop_remainder else -(-n // per_step)) * per_step
         if total == 0:
             raise DataError(f"{source!r}: fewer examples than one global batch ({per_step}) with drop_remainder")
-        ds = grain.MapDataset.range(total)[process_index::process_count].batch(batch_size)
+        ds = grain.MapDataset.range(total).batch(per_step)
+        if mine is not None:
+            ds = ds.map(mine)
         transform = _Batch(source, image_size, channels, {}, mean, std, output, True)
         ds = ds.map(transform.map)
         num_batches = len(ds)

@@ -11,8 +11,55 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.custom_batching import custom_vmap
 
 Dtype = Any
+
+# Under jax.vmap with at most this many members, per_member_op unrolls (vectorized sweeps).
+MAX_UNROLL = 64
+
+
+def per_member(fn):
+    """``fn`` whose vmap rule applies it member by member (``axis_size`` <= ``MAX_UNROLL``).
+
+    XLA:CPU runs a convolution vmapped over its kernel as a grouped convolution, 3-10x
+    slower than the members' convolutions one after another (scripts/bench_sweep.py),
+    and rounds differently; unrolled, each member runs the very operation it runs alone.
+    """
+    wrapped = custom_vmap(fn)
+
+    @wrapped.def_vmap
+    def rule(axis_size, in_batched, *args):
+        if axis_size > MAX_UNROLL:
+            axes = tuple(jax.tree.map(lambda b: 0 if b else None, ab) for ab in in_batched)
+            out = jax.vmap(fn, in_axes=axes)(*args)
+        else:
+            pick = lambda i: [jax.tree.map(lambda x, b: x[i] if b else x, a, ab) for a, ab in zip(args, in_batched)]
+            outs = [fn(*pick(i)) for i in range(axis_size)]
+            out = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return wrapped
+
+
+def per_member_op(fn):
+    """A differentiable ``fn(*arrays)`` that stays :func:`per_member` in its gradient too:
+    the backward pass is ``fn``'s own VJP, unrolled over members the same way (reverse
+    mode only, to any order)."""
+
+    @jax.custom_vjp
+    def op(*args):
+        return per_member(fn)(*args)
+
+    def fwd(*args):
+        return op(*args), args
+
+    def bwd(args, g):  # itself a per_member_op, so that gradients of gradients work too (WDGRL)
+        return per_member_op(lambda *a: jax.vjp(fn, *a[:-1])[1](a[-1]))(*args, g)
+
+    op.defvjp(fwd, bwd)
+    return op
+
 
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", nonlinearity="relu"):
 # std = sqrt(2 / (k*k*out_channels)).
@@ -39,7 +86,7 @@ class Conv(nn.Module):
         k = self.kernel_size
         kernel = self.param("kernel", conv_kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        return conv2d(x, kernel, self.stride, self.padding)
+        return per_member_op(lambda x, w: conv2d(x, w, self.stride, self.padding))(x, kernel)
 
 
 def conv2d_plain(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
@@ -160,6 +207,7 @@ class BatchNorm(nn.Module):
         return (x.astype(stat_dtype) * mul + add).astype(self.dtype)
 
 
+
 def max_pool_3x3_s2_plain(x: jax.Array) -> jax.Array:
     """``torch.nn.MaxPool2d(3, stride=2, padding=1)`` as ``nn.max_pool`` (reference formulation)."""
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -233,11 +281,11 @@ class Dense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         fan_in = x.shape[-1]
         kernel = self.param("kernel", torch_linear_init(0), (fan_in, self.features), self.param_dtype)
-        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-        if self.use_bias:
-            bound = 1.0 / jnp.sqrt(fan_in)
-            bias = self.param(
-                "bias", lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound), (self.features,), self.param_dtype
-            )
-            y = y + bias.astype(self.dtype)
-        return y
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if not self.use_bias:
+            return per_member_op(jnp.dot)(x, kernel)
+        bound = 1.0 / jnp.sqrt(fan_in)
+        bias = self.param(
+            "bias", lambda k, s, d: jax.random.uniform(k, s, d, -bound, bound), (self.features,), self.param_dtype
+        )
+        return per_member_op(lambda x, w, b: jnp.dot(x, w) + b)(x, kernel, bias.astype(self.dtype))

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jtl.models.layers import BatchNorm, Conv, Dense, max_pool_3x3_s2
+from jtl.models.layers import BatchNorm, Conv, Dense, max_pool_3x3_s2, per_member_op
 
 Dtype = Any
 
@@ -149,7 +149,7 @@ class ResNet(nn.Module):
                 )(x, trains(name) and f"{name}_{j}" not in self.frozen_bn)
                 in_features = out_features
             feats[name] = x
-        pooled = jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
+        pooled = per_member_op(lambda x: jnp.mean(x, axis=(1, 2)))(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
         feats["pooled"] = pooled
         if self.num_classes:
             out = Dense(self.num_classes, dtype=self.dtype, name="fc")(pooled).astype(pooled.dtype)

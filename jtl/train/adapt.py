@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
@@ -390,12 +391,14 @@ class AdaptationTask:
                 "image_t": batch["target"]["image"]}
 
     # -- steps -------------------------------------------------------------------------------
-    def make_step(self, loss_fn):
+    def make_step(self, loss_fn, cfg):
+        """The step structure: ``single``, or MCD's three phases, each with its own optimizer."""
         from jtl.train.steps import make_loss_fn, make_train_step  # noqa: PLC0415
 
         if self.structure == "single":
-            return make_train_step(loss_fn, self.tx)
-        opts, total = self.cfg.loss_options.to_dict(), self.cfg.total_steps
+            return make_train_step(loss_fn, make_optimizer(cfg, self.state.params))
+        txs = [make_optimizer(_only(cfg, ph.trainable), self.state.params) for ph in self.phases]
+        opts, total = cfg.loss_options.to_dict(), cfg.total_steps
         phase_fns = [jax.value_and_grad(make_loss_fn(self.forward, ph.loss, opts, total, self.head_regex,
                                                      apply_head=self.apply_head), has_aux=True)
                      for ph in self.phases]
@@ -404,7 +407,7 @@ class AdaptationTask:
             key = jax.random.wrap_key_data(state.rng)
             key, sub = jax.random.split(key)
             params, stats, opt_states, metrics = state.params, state.batch_stats, list(state.opt_state), {}
-            for i, (ph, grad_fn, tx) in enumerate(zip(self.phases, phase_fns, self.txs)):
+            for i, (ph, grad_fn, tx) in enumerate(zip(self.phases, phase_fns, txs)):
                 for r in range(ph.repeats):
                     k = jax.random.fold_in(sub, 100 * i + r)
                     (loss, (stats, m)), g = grad_fn(params, state.replace(batch_stats=stats), batch, k)
@@ -426,10 +429,9 @@ def _classes(cfg) -> dict:
 
 def _only(cfg, trainable: str):
     """A copy of ``cfg`` whose optimizer freezes every parameter outside ``trainable``."""
-    c = cfg.copy_and_resolve_references()
-    with c.unlocked():
-        c.freeze = tuple(c.freeze) + (rf"^(?!{trainable[1:] if trainable.startswith('^') else trainable})",) \
-            if trainable != r"." else tuple(c.freeze)
+    c = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)  # no deep copy: values may be tracers
+    c.freeze = tuple(c.freeze) + (rf"^(?!{trainable[1:] if trainable.startswith('^') else trainable})",) \
+        if trainable != r"." else tuple(c.freeze)
     return c
 
 
@@ -442,8 +444,9 @@ def _load_backbone(cfg, variables):
     pre = pretrained_variables(cfg)
     if "backbone" in pre["params"]:
         # Another adaptation run (the source warm-up): keep its backbone, bottleneck and
-        # classifier; the method's extra heads start fresh.
-        merged, _ = merge_pretrained(variables, pre, reinit=r"^(params|batch_stats)/(disc|adv|head2)/")
+        # classifier; the method's extra heads start fresh, and so do a bottleneck and
+        # classifier of another width (the bottleneck ablation starts from one warm-up).
+        merged, _ = merge_pretrained(variables, pre, reinit=r"^(params|batch_stats)/(disc|adv|head2|bottleneck|head)/")
         return merged
     pretrained = {"params": {"backbone": pre["params"]}, "batch_stats": {"backbone": pre["batch_stats"]}}
     merged, _ = merge_pretrained(variables, pretrained,

@@ -11,6 +11,10 @@ were damaged afterwards (bit flips, truncation, a missing item) is detected
 (:class:`CorruptCheckpoint`) rather than trained on. Resumption then falls back
 to the newest intact checkpoint and moves the damaged ones to
 ``WORKDIR/checkpoints.corrupt/`` (kept for inspection, never deleted).
+
+Several processes: every process calls save and restore (orbax writes each array
+once and the JSON item from process 0); the state is restored replicated over all
+devices of all processes, and only process 0 moves damaged checkpoints aside.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
+from jtl.distributed import is_writer, sync
 from jtl.errors import JtlError
 
 _CRC_KEY, _ITER_KEY = "jtl_crc32", "iterator"
@@ -69,6 +75,7 @@ def _is_mismatch(e: Exception) -> bool:
 def _restore_step(manager, step: int, directory: Path, abstract_state=None) -> tuple[Any, dict]:
     """Restore and verify one step: ``(state, iterator state)``; CorruptCheckpoint or a mismatch JtlError."""
     where = directory / str(step)
+    abstract_state = _restore_target(where / "state", abstract_state)
     try:
         out = manager.restore(
             step,
@@ -90,6 +97,34 @@ def _restore_step(manager, step: int, directory: Path, abstract_state=None) -> t
     if bad:
         raise CorruptCheckpoint(f"checkpoint {where} is corrupt: {len(bad)} array(s) fail their checksum, e.g. {bad[0]}")
     return out["state"], dict(data[_ITER_KEY] or {})
+
+
+def _restore_target(item_dir: Path, abstract_state):
+    """Where the restored arrays go, whatever devices the checkpoint was written from (one or
+    four devices, one or several processes): a ``restore_variables`` read without a target goes
+    to the first device (its shapes come from the checkpoint's metadata), a trainer's state is
+    replicated over all devices of all processes.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding  # noqa: PLC0415
+
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+    if abstract_state is None:
+        try:
+            metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
+        except Exception:  # noqa: BLE001 - unreadable metadata: let restore report the damage
+            return None
+        abstract_state = getattr(metadata, "tree", metadata)
+        if jax.process_count() == 1:
+            replicated = SingleDeviceSharding(jax.local_devices()[0])
+
+    def target(x):
+        if isinstance(x, jax.Array) or (isinstance(x, jax.ShapeDtypeStruct) and x.sharding is not None):
+            return x
+        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            return x
+        return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=replicated)
+
+    return jax.tree.map(target, abstract_state)
 
 
 class Checkpoints:
@@ -154,13 +189,15 @@ class Checkpoints:
 
     def _move_aside(self, step: int) -> None:
         """Move a damaged checkpoint out of the manager's directory (kept, not deleted)."""
-        dest_root = self.directory.parent / (self.directory.name + ".corrupt")
-        dest_root.mkdir(exist_ok=True)
-        dest = dest_root / str(step)
-        if dest.exists():
-            dest = dest_root / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(str(self.directory / str(step)), str(dest))
-        print(f"jtl: warning: moved damaged checkpoint {self.directory / str(step)} to {dest}", file=sys.stderr)
+        if is_writer():  # one process moves; the others wait for it
+            dest_root = self.directory.parent / (self.directory.name + ".corrupt")
+            dest_root.mkdir(exist_ok=True)
+            dest = dest_root / str(step)
+            if dest.exists():
+                dest = dest_root / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            shutil.move(str(self.directory / str(step)), str(dest))
+            print(f"jtl: warning: moved damaged checkpoint {self.directory / str(step)} to {dest}", file=sys.stderr)
+        sync(f"jtl-checkpoint-moved-{step}")
         self.manager.reload()
 
     def wait(self) -> None:

@@ -15,12 +15,14 @@ def add_parsers(sub) -> None:
                        "[--config.KEY=VALUE ...]")
     p.add_argument("--config", required=True, help="config file, e.g. configs/finetune.py:scratch")
     p.add_argument("--workdir", required=True)
+    _add_distributed(p)
     p.set_defaults(handler=cmd_train, accepts_overrides=True)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", required=True, help="a data.eval label of the run, or NAME:SPLIT")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    _add_distributed(p)
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of image files with a finished run")
@@ -31,12 +33,25 @@ def add_parsers(sub) -> None:
     p.set_defaults(handler=cmd_predict)
 
 
+def _add_distributed(p) -> None:
+    g = p.add_argument_group("multi-process runs (default: the JTL_COORDINATOR, JTL_NUM_PROCESSES, "
+                             "JTL_PROCESS_ID environment variables; JTL_DISTRIBUTED=auto for TPU pods/SLURM)")
+    g.add_argument("--coordinator", help="HOST:PORT of process 0, where it listens")
+    g.add_argument("--num-processes", type=int, help="number of processes of the run")
+    g.add_argument("--process-id", type=int, help="this process's index, 0 .. num-processes - 1")
+
+
 def cmd_train(args) -> int:
+    from jtl.distributed import initialize_from_env, is_writer  # noqa: PLC0415
+
+    initialize_from_env(args.coordinator, args.num_processes, args.process_id)  # before anything touches JAX
     from jtl.config import load_config  # noqa: PLC0415
     from jtl.train.loop import train  # noqa: PLC0415
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, args.workdir)
+    if not is_writer():
+        return 0
     for label, m in summary["final"].items():
         print(f"{label}: top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  macro-F1 {m['macro_f1']:.4f}")
     print(f"wrote {Path(args.workdir).absolute()}")
@@ -69,6 +84,9 @@ def _restored(trainer, which: str):
 
 
 def cmd_eval(args) -> int:
+    from jtl.distributed import initialize_from_env, is_writer  # noqa: PLC0415
+
+    initialize_from_env(args.coordinator, args.num_processes, args.process_id)
     from jtl.train import runinfo  # noqa: PLC0415
     from jtl.train.tasks import load_source  # noqa: PLC0415
 
@@ -94,8 +112,9 @@ def cmd_eval(args) -> int:
     result = trainer.evaluate(state, chosen)[args.split]
     safe = args.split.replace("/", "_").replace(":", "_")
     runinfo.write_json(trainer.workdir / f"eval_{safe}_step{step}.json", {"step": step, **result})
-    print(json.dumps({"split": args.split, "step": step, **{k: result[k] for k in
-                      ("top1", "top5", "macro_precision", "macro_recall", "macro_f1", "count")}}))
+    if is_writer():
+        keys = ("top1", "top5", "macro_precision", "macro_recall", "macro_f1", "count")
+        print(json.dumps({"split": args.split, "step": step, **{k: result[k] for k in keys}}))
     return 0
 
 

@@ -10,6 +10,7 @@ never the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -22,11 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtl.distributed import global_rows, is_writer
 from jtl.errors import DataError, JtlError
 from jtl.train import runinfo
 from jtl.train.checkpoint import Checkpoints
 from jtl.train.metrics import SCALAR_KEYS, classification_metrics
-from jtl.train.steps import jit_train_step, make_eval_step, make_loss_fn, make_mesh, make_train_step, shard_batch
+from jtl.train.steps import build_step, jit_train_step, make_eval_step, make_mesh, shard_batch
 from jtl.train.writer import MetricWriter
 
 
@@ -74,8 +76,27 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+@dataclasses.dataclass
+class Member:
+    """One run of the loop: its config, workdir and checkpoints (a vectorized sweep has several)."""
+
+    cfg: Any
+    workdir: Path
+    ckpt: Checkpoints
+    writer: MetricWriter | None = None
+    last_good: int | None = None
+    failed: str | None = None
+
+
 class Trainer:
-    """State of one run; :meth:`run` is the loop. Built by :func:`train`."""
+    """State of one run; :meth:`run` is the loop. Built by :func:`train`.
+
+    The loop drives ``members``: one for a plain run; several, with their states
+    stacked, for a vectorized sweep (:class:`jtl.train.vector.VectorTrainer`,
+    which overrides the hooks below the loop).
+    """
+
+    stacked = False
 
     def __init__(self, cfg, workdir: str | os.PathLike, task=None):
         from jtl.train.tasks import build_task  # noqa: PLC0415
@@ -85,13 +106,11 @@ class Trainer:
         runinfo.prepare_workdir(self.workdir, cfg)
         self.mesh = make_mesh()
         self.task = task or build_task(cfg, self.mesh, self.workdir)
-        t = self.task
-        loss_fn = make_loss_fn(t.forward, cfg.loss, cfg.loss_options.to_dict(), cfg.total_steps, t.head_regex,
-                               apply_head=getattr(t, "apply_head", None))
-        step = t.make_step(loss_fn) if hasattr(t, "make_step") else make_train_step(loss_fn, t.tx, accum=cfg.grad_accum_steps)
-        self.train_step = jit_train_step(step, self.mesh)
-        self.eval_step = make_eval_step(t.forward, self.mesh)
+        self.train_step = jit_train_step(build_step(self.task, cfg), self.mesh)
+        self.eval_step = make_eval_step(self.task.forward, self.mesh)
         self.ckpt = Checkpoints(self.workdir / "checkpoints", keep=cfg.keep_checkpoints, best_metric=cfg.best_metric)
+        self.members = [Member(cfg, self.workdir, self.ckpt)]
+        self.images_per_step = self.task.images_per_step
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, state, splits: dict | None = None, step: int | None = None) -> dict[str, dict]:
@@ -106,18 +125,11 @@ class Trainer:
             for batch in make_it():
                 mask = np.asarray(batch.pop("mask", np.ones(len(batch["label"]), bool)))
                 check_finite_batch(batch["image"], f"an input batch of eval split {label!r}")
-                out = jax.device_get(self.eval_step(state, shard_batch(self.mesh, batch)))
+                out, mask, batch = global_rows(self.eval_step(state, shard_batch(self.mesh, batch)), mask, batch)
                 logits.append(np.asarray(out["logits"])[mask])
                 pooled.append(np.asarray(out["pooled"])[mask])
                 labels.append(np.asarray(batch["label"])[mask])
-            logits, labels = np.concatenate(logits), np.concatenate(labels)
-            results[label] = classification_metrics(logits, labels)
-            if self.cfg.save_predictions and step is not None:
-                folder = self.workdir / "predictions"
-                folder.mkdir(exist_ok=True)
-                tmp = folder / f".{label}-{step}.npz"
-                np.savez(tmp, logits=logits, features=np.concatenate(pooled), labels=labels)
-                os.replace(tmp, folder / f"{label}-{step}.npz")
+            results[label] = record_eval(self.members[0], label, step, logits, pooled, labels)
         return results
 
     def restore(self, step: int | None = None):
@@ -133,98 +145,146 @@ class Trainer:
         state = jax.device_put(restored, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
         return state, data_state, step
 
-    # -- the loop ------------------------------------------------------------------------------
-    def run(self) -> dict:
-        cfg, task = self.cfg, self.task
-        data_it = task.train_iterator
+    # -- hooks of the loop (a vectorized sweep overrides them) --------------------------------
+    def _start(self):
+        """``(state, latest checkpointed step or None)``; the data iterator is put where it was."""
         state, data_state, latest = self.restore()
-        start = latest or 0
         if data_state is not None:
-            data_it.set_state(data_state)
-        writer = MetricWriter(self.workdir, resume_step=start)
+            self.task.train_iterator.set_state(data_state)
+        return state, latest
+
+    def _next_batch(self, step: int):
+        host_batch = self.task.prepare(next(self.task.train_iterator))
+        check_finite_batch(host_batch, f"the input batch of step {step} (data.train={self.cfg.data.train!r})")
+        return shard_batch(self.mesh, host_batch)
+
+    def _evaluate_members(self, state, step: int | None) -> list[dict]:
+        return [self.evaluate(state, step=step)]
+
+    def _member_state(self, state, i: int):
+        return state
+
+    def _data_state(self, i: int) -> dict:
+        return self.task.train_iterator.get_state()
+
+    def _lr(self, i: int, step: int) -> float:
+        return float(self.task.lr(step))
+
+    def _fail(self, member: Member, error: JtlError) -> None:
+        """A member's run failed: a plain run stops with ``error`` (a sweep records it)."""
+        raise error
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self):
+        """Train to ``total_steps``; the summary (a vectorized sweep: one per member, None if it failed)."""
+        cfg, members = self.cfg, self.members
+        state, latest = self._start()
+        start = latest or 0
+        for m in members:
+            m.writer, m.last_good = MetricWriter(m.workdir, resume_step=start), latest
+        alive = lambda: [(i, m) for i, m in enumerate(members) if m.failed is None]
         pending: list[dict] = []
-        last_good = latest
         images = 0
         t_start = t_log = time.perf_counter()
         first_step_s = None
         finished = False
+        evaluated = None
         bar = _progress(cfg, start)
 
-        def flush(step: int) -> dict:
-            """Fetch pending step metrics, stop on a non-finite loss, return their mean."""
+        def flush(step: int) -> list[dict]:
+            """Fetch pending step metrics, stop a member on a non-finite loss; per member, their mean."""
             if not pending:
-                return {}
+                return [{} for _ in members]
             fetched = jax.device_get(pending)
             pending.clear()
-            for i, m in enumerate(fetched):
-                bad = {k: float(v) for k, v in m.items() if k.startswith("loss") and not math.isfinite(float(v))}
-                if bad:
-                    where = f"step {last_good} in {self.ckpt.directory}" if last_good is not None else "none"
-                    raise NonFiniteLoss(
-                        f"loss became {next(iter(bad.values()))} at step {step - len(fetched) + i + 1} "
-                        f"({', '.join(bad)}); stopped, last good checkpoint: {where}; "
-                        "lower optim.lr, set optim.clip_norm or check the data, then use a fresh --workdir"
-                    )
-            return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+            means = []
+            for i, m in enumerate(members):
+                rows = [{k: (v[i] if self.stacked else v) for k, v in f.items()} for f in fetched]
+                for j, r in enumerate(rows):
+                    bad = {k: float(v) for k, v in r.items() if k.startswith("loss") and not math.isfinite(float(v))}
+                    if bad and m.failed is None:
+                        where = f"step {m.last_good} in {m.ckpt.directory}" if m.last_good is not None else "none"
+                        self._fail(m, NonFiniteLoss(
+                            f"loss became {next(iter(bad.values()))} at step {step - len(fetched) + j + 1} "
+                            f"({', '.join(bad)}); stopped, last good checkpoint: {where}; "
+                            "lower optim.lr, set optim.clip_norm or check the data, then use a fresh --workdir"))
+                means.append({k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
+            return means
 
         try:
             for step in range(start + 1, cfg.total_steps + 1):
-                host_batch = task.prepare(next(data_it))
-                check_finite_batch(host_batch, f"the input batch of step {step} (data.train={cfg.data.train!r})")
-                batch = shard_batch(self.mesh, host_batch)
+                batch = self._next_batch(step)
                 state, metrics = self.train_step(state, batch)
                 pending.append(metrics)
-                images += task.images_per_step
+                images += self.images_per_step
                 if first_step_s is None:
                     jax.block_until_ready(metrics)
                     first_step_s = time.perf_counter() - t_start
                 last = step == cfg.total_steps
-                row: dict[str, Any] = {}
+                rows: list[dict[str, Any]] = [{} for _ in members]
                 if last or (cfg.log_every and step % cfg.log_every == 0):
-                    row.update({f"train/{k}": v for k, v in flush(step).items()})
+                    means = flush(step)
                     now = time.perf_counter()
-                    row["train/images_per_s"] = images / max(now - t_log, 1e-9)
-                    row["train/lr"] = float(task.lr(step))
+                    for i, _ in alive():
+                        rows[i].update({f"train/{k}": v for k, v in means[i].items()})
+                        rows[i]["train/images_per_s"] = images / max(now - t_log, 1e-9)
+                        rows[i]["train/lr"] = self._lr(i, step)
                     images, t_log = 0, now
                     if bar is not None:
-                        bar.set_postfix(loss=f"{row.get('train/loss', float('nan')):.4f}",
-                                        img_s=f"{row['train/images_per_s']:.0f}")
+                        bar.set_postfix(loss=f"{rows[0].get('train/loss', float('nan')):.4f}",
+                                        img_s=f"{rows[0].get('train/images_per_s', 0):.0f}")
                 eval_due = last or (cfg.eval_every and step % cfg.eval_every == 0)
                 ckpt_due = last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                 if eval_due:
-                    row.update({f"train/{k}": v for k, v in flush(step).items()})
-                    evaluated = self.evaluate(state, step=step)
-                    for label, m in evaluated.items():
-                        row.update({f"{label}/{k}": m[k] for k in SCALAR_KEYS})
-                        row[f"{label}/per_class_accuracy"] = m["per_class_accuracy"]
-                if row:
-                    writer.write(step, row)
+                    means = flush(step)
+                    evaluated = self._evaluate_members(state, step)
+                    for i, _ in alive():
+                        rows[i].update({f"train/{k}": v for k, v in means[i].items()})
+                        for label, m in evaluated[i].items():
+                            rows[i].update({f"{label}/{k}": m[k] for k in SCALAR_KEYS})
+                            rows[i][f"{label}/per_class_accuracy"] = m["per_class_accuracy"]
+                for i, m in alive():
+                    if rows[i]:
+                        m.writer.write(step, rows[i])
                 if ckpt_due:
                     flush(step)  # never checkpoint a state that came from a non-finite loss
-                    if not bool(_all_finite(state.variables)):  # nor one that overflowed with a finite loss
-                        where = f"step {last_good} in {self.ckpt.directory}" if last_good is not None else "none"
-                        raise NonFiniteLoss(
-                            f"parameters became NaN or inf by step {step}; stopped, last good checkpoint: {where}; "
-                            "lower optim.lr, set optim.clip_norm or check the data, then use a fresh --workdir")
-                    self.ckpt.save(step, state, data_it.get_state(), row)
-                    last_good = step
+                    for i, m in alive():
+                        member_state = self._member_state(state, i)
+                        if not bool(_all_finite(member_state.variables)):  # nor one that overflowed
+                            where = f"step {m.last_good} in {m.ckpt.directory}" if m.last_good is not None else "none"
+                            self._fail(m, NonFiniteLoss(
+                                f"parameters became NaN or inf by step {step}; stopped, last good checkpoint: "
+                                f"{where}; lower optim.lr, set optim.clip_norm or check the data, then use a "
+                                "fresh --workdir"))
+                            continue
+                        m.ckpt.save(step, member_state, self._data_state(i), rows[i])
+                        m.last_good = step
                 if bar is not None:
                     bar.update(1)
-            self.ckpt.wait()
-            final = evaluated if start < cfg.total_steps else self.evaluate(state)
+            for m in members:
+                m.ckpt.wait()
+            final = evaluated if start < cfg.total_steps else self._evaluate_members(state, None)
             wall = time.perf_counter() - t_start
-            summary = {
-                "step": cfg.total_steps,
-                "final": final,
-                "best_step": self.ckpt.best_step(),
-                "wall_time_s": wall,
-                "time_to_first_step_s": first_step_s,
-                "resumed_from": latest,
-            }
-            runinfo.write_json(self.workdir / "summary.json", summary)
+            summaries = []
+            for i, m in enumerate(members):
+                if m.failed is not None:
+                    summaries.append(None)
+                    continue
+                summary = {
+                    "step": cfg.total_steps,
+                    "final": final[i],
+                    "best_step": m.ckpt.best_step(),
+                    "wall_time_s": wall,
+                    "time_to_first_step_s": first_step_s,
+                    "resumed_from": latest,
+                }
+                if self.stacked:
+                    summary["vectorized_members"] = len(members)
+                runinfo.write_json(m.workdir / "summary.json", summary)
+                summaries.append(summary)
             self.state = state
             finished = True
-            return summary
+            return summaries if self.stacked else summaries[0]
         except Exception as e:
             if isinstance(e, JtlError) or not _disk_full(e):
                 raise
@@ -232,20 +292,39 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            writer.close()
-            try:
-                self.ckpt.close()  # waits for an async save still being written
-            except Exception as e:
-                if finished:  # otherwise the error already on its way out says more
-                    raise (self._disk_full_error(e) if _disk_full(e) else e) from None
+            for m in members:
+                if m.writer is not None:
+                    m.writer.close()
+            close_error = None
+            for m in members:
+                try:
+                    m.ckpt.close()  # waits for an async save still being written
+                except Exception as e:  # noqa: BLE001
+                    close_error = close_error or e
+            if close_error is not None and finished:  # otherwise the error already on its way out says more
+                raise (self._disk_full_error(close_error) if _disk_full(close_error) else close_error) from None
 
     def _disk_full_error(self, e: BaseException) -> DiskFull:
         return DiskFull(f"no space left on the device of {self.workdir} ({type(e).__name__}); free space or move "
                         "the workdir, then rerun the same command to resume from its last complete checkpoint")
 
 
+def record_eval(member: Member, label: str, step: int | None, logits, pooled, labels) -> dict:
+    """Metrics of one eval split from its batches; with ``save_predictions`` (and a step),
+    the logits, pooled features and labels go to ``predictions/<label>-<step>.npz``."""
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    result = classification_metrics(logits, labels)
+    if member.cfg.save_predictions and step is not None and is_writer():
+        folder = member.workdir / "predictions"
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".{label}-{step}.npz"
+        np.savez(tmp, logits=logits, features=np.concatenate(pooled), labels=labels)
+        os.replace(tmp, folder / f"{label}-{step}.npz")
+    return result
+
+
 def _progress(cfg, start):
-    if not cfg.progress:
+    if not cfg.progress or not is_writer():
         return None
     from tqdm import tqdm  # noqa: PLC0415
 

@@ -23,6 +23,8 @@ from flax import traverse_util
 
 from jtl.errors import ConfigError
 from jtl.losses import regularizers
+from jtl.models.layers import per_member_op
+from jtl.optim import nonzero
 
 
 @dataclasses.dataclass
@@ -86,9 +88,10 @@ def ce(ctx: Context, *, label_smoothing: float = 0.0) -> jax.Array:
     """Softmax cross-entropy on the labelled batch (``out["logits"]``, ``batch["label"]``)."""
     logits = ctx.out["logits"].astype(jnp.float32)
     labels = jax.nn.one_hot(ctx.batch["label"], logits.shape[-1])
-    if label_smoothing:
+    if nonzero(label_smoothing):
         labels = optax.smooth_labels(labels, label_smoothing)
-    return jnp.mean(optax.softmax_cross_entropy(logits, labels))
+    # Per member in a vectorized sweep: the softmax's reductions then round as in a run alone.
+    return per_member_op(lambda z, y: jnp.mean(optax.softmax_cross_entropy(z, y)))(logits, labels)
 
 
 @register("l2sp", needs_anchor=True)

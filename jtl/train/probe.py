@@ -15,6 +15,7 @@ from pathlib import Path
 import grain
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from jtl.errors import ConfigError, DataError
@@ -150,6 +151,11 @@ class LinearProbeTask:
         logits, feats = self.model.apply({"params": variables["params"]}, batch["image"], return_features=True)
         return {"logits": logits, "features": feats}, variables["batch_stats"]
 
+    def make_step(self, loss_fn, cfg):
+        from jtl.train.steps import make_train_step  # noqa: PLC0415
+
+        return make_train_step(loss_fn, make_optimizer(_probe_optim(cfg), self.state.params))
+
     @staticmethod
     def prepare(batch: dict) -> dict:
         return {"image": batch["image"], "label": batch["label"]}
@@ -157,7 +163,6 @@ class LinearProbeTask:
 
 def _probe_optim(cfg):
     """The probe's single parameter group: everything is the head."""
-    probe = cfg.copy_and_resolve_references()
-    with probe.unlocked():
-        probe.optim.groups = (("head", r".", 1.0),)
+    probe = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)  # no deep copy: values may be tracers
+    probe.optim.groups = (("head", r".", 1.0),)
     return probe

@@ -1,4 +1,8 @@
-"""Workdir bookkeeping: the resolved config, versions and devices, atomic JSON writes."""
+"""Workdir bookkeeping: the resolved config, versions and devices, atomic JSON writes.
+
+In a multi-process run every process checks the workdir, and process 0 alone writes
+(:func:`write_json` does nothing on the others).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from jtl.distributed import is_writer
 from jtl.errors import JtlError
 
 CONFIG_FILE = "config.json"
@@ -17,7 +22,9 @@ RESUMABLE_KEYS = ("progress", "total_steps", "eval_every", "log_every", "checkpo
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    """Write JSON atomically: a temporary file in the same directory, then rename."""
+    """Write JSON atomically: a temporary file in the same directory, then rename (process 0 only)."""
+    if not is_writer():
+        return
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -102,3 +109,27 @@ def _git_commit() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+FAILED_FILE = "failed.json"
+
+
+def record_failure(workdir: str | os.PathLike, error: BaseException) -> None:
+    """Write ``failed.json`` (the one-line error and the traceback) into a run's workdir."""
+    import traceback  # noqa: PLC0415
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    write_json(workdir / FAILED_FILE, {
+        "error": f"{type(error).__name__}: {line}",
+        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    })
+
+
+def read_failure(workdir: str | os.PathLike) -> str:
+    """The one-line error of a failed run ('' if it has none)."""
+    try:
+        return json.loads((Path(workdir) / FAILED_FILE).read_text()).get("error", "")
+    except (OSError, ValueError):
+        return ""

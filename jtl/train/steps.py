@@ -46,7 +46,8 @@ def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: d
 
     ``apply_head(params, name, x)``, when the model has extra heads, lets pieces apply them.
     """
-    pieces = [(name, float(w), get_piece(name), dict(options.get(name, {}))) for name, w in loss]
+    pieces = [(name, w if isinstance(w, jax.Array) else float(w), get_piece(name), dict(options.get(name, {})))
+              for name, w in loss]
     needs_teacher = any(p.needs_teacher for _, _, p, _ in pieces)
 
     def loss_fn(params, state: TrainState, batch, rng):
@@ -72,6 +73,17 @@ def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: d
         return total, (new_stats, metrics)
 
     return loss_fn
+
+
+def build_step(task, cfg):
+    """The task's train step for ``cfg`` (not yet jitted).
+
+    Every number of ``cfg`` is read here, at trace time, so a vectorized sweep can
+    pass a config whose swept values are tracers (:mod:`jtl.train.vector`).
+    """
+    loss_fn = make_loss_fn(task.forward, cfg.loss, cfg.loss_options.to_dict(), cfg.total_steps, task.head_regex,
+                           apply_head=getattr(task, "apply_head", None))
+    return task.make_step(loss_fn, cfg)
 
 
 def make_train_step(loss_fn, tx: optax.GradientTransformation, *, accum: int = 1):

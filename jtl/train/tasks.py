@@ -193,6 +193,11 @@ class ClassificationTask:
         logits, feats = self.model.apply(variables, x, train=False, return_features=True)
         return {"logits": logits, "features": feats}, variables["batch_stats"]
 
+    def make_step(self, loss_fn, cfg):
+        from jtl.train.steps import make_train_step  # noqa: PLC0415
+
+        return make_train_step(loss_fn, make_optimizer(cfg, self.state.params), accum=cfg.grad_accum_steps)
+
     @staticmethod
     def prepare(batch: dict) -> dict:
         return {"image": batch["image"], "label": batch["label"]}

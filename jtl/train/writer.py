@@ -1,4 +1,8 @@
-"""Run outputs: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events."""
+"""Run outputs: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard events.
+
+In a multi-process run only process 0 writes (:func:`jtl.distributed.is_writer`); the
+writers of the other processes accept the same calls and write nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,17 @@ import math
 import os
 from pathlib import Path
 
+from jtl.distributed import is_writer
+
 
 class MetricWriter:
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0, tensorboard: bool = True):
         self.path = Path(workdir) / "metrics.jsonl"
-        self._truncate_after(resume_step)
+        self.active = is_writer()
         self._tb = None
+        if not self.active:
+            return
+        self._truncate_after(resume_step)
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter  # noqa: PLC0415
@@ -38,6 +47,8 @@ class MetricWriter:
                 tmp.unlink()
 
     def write(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         data = memoryview((json.dumps(row) + "\n").encode())
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
