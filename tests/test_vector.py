@@ -91,3 +91,35 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     t.run()
     for i in range(2):
         np.testing.assert_array_equal(_losses(tmp_path / f"u{i}"), _losses(tmp_path / f"r{i}"))
+
+
+VECTOR_SCRIPT = r"""
+import json, sys
+from jtl.config import resolve
+from jtl.train.vector import VectorTrainer
+cfgs = [resolve(c) for c in json.loads(sys.argv[1])]
+t = VectorTrainer(cfgs, json.loads(sys.argv[2]))
+t.run()
+print(json.dumps({"devices": len(t.mesh.devices.flat), "sharding": str(t.state.params["fc"]["kernel"].sharding.spec)}))
+"""
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_members_sharded_over_devices_equal_runs_alone(k, tmp_path):
+    """Two forced host devices: K=2 members sharded one per device, K=3 replicated; both equal runs alone."""
+    import os
+    import subprocess
+    import sys
+
+    cfgs = [tiny_config(total_steps=20, **{"optim.lr": 0.01 * (i + 1), "seed": i % 2}) for i in range(k)]
+    dirs = [str(tmp_path / f"v{i}") for i in range(k)]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    r = subprocess.run([sys.executable, "-c", VECTOR_SCRIPT, json.dumps([json.loads(c.to_json_best_effort()) for c in cfgs]),
+                        json.dumps(dirs)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["devices"] == 2
+    assert info["sharding"] == ("P('data',)" if k == 2 else "P()")
+    for i, cfg in enumerate(cfgs):
+        Trainer(cfg, tmp_path / f"s{i}").run()
+        np.testing.assert_allclose(_losses(tmp_path / f"v{i}"), _losses(tmp_path / f"s{i}"), rtol=1e-5)
