@@ -11,10 +11,12 @@ import ml_collections
 
 from jtl.methods import OPTIONS, method
 
+SEEDS = (0, 1, 2)
+
 
 def da_config(arg, *, source, target, classes=(), image_size=32, channels=3, num_classes=10,
               steps=1000, batch_size=64):
-    """``arg`` = ``METHOD`` or ``METHOD,init=WORKDIR``."""
+    """``arg`` = ``METHOD`` or ``METHOD,init=WORKDIR`` (and ``seeds=...`` for :func:`da_sweep`)."""
     name, *rest = (arg or "source_only").split(",")
     opts = dict(r.split("=", 1) for r in rest)
     c = ml_collections.ConfigDict()
@@ -42,3 +44,14 @@ def da_config(arg, *, source, target, classes=(), image_size=32, channels=3, num
     c.best_metric = "source_val/top1"
     c.log_every = 50
     return c
+
+
+def da_sweep(arg):
+    """``get_sweep`` of the configs/da_*.py files: the method on each seed (``seeds=0:1:2``), with
+    predictions saved for model selection; ``init=DIR`` starts seed S from ``DIR/seed<S>`` (the
+    source warm-ups). The seeds differ only in numbers and starting weights: one vectorized program."""
+    _, *rest = (arg or "source_only").split(",")
+    opts = dict(r.split("=", 1) for r in rest)
+    seeds = [int(x) for x in opts["seeds"].split(":")] if "seeds" in opts else SEEDS
+    return [{"seed": s, "save_predictions": True, **({"model.init": f"{opts['init']}/seed{s}"} if "init" in opts else {})}
+            for s in seeds]

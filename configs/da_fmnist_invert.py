@@ -10,8 +10,12 @@ source warm-up run to start from::
 Results (3 seeds, model selection without target labels): docs/results.md.
 """
 
-from da_common import da_config
+from da_common import da_config, da_sweep
 
 
 def get_config(arg=None):
     return da_config(arg, source="fashion_mnist", target="fashion_mnist:invert", image_size=28)
+
+
+def get_sweep(arg=None):
+    return da_sweep(arg)

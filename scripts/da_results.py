@@ -1,9 +1,10 @@
 """Domain-adaptation results: every method on each shift, several seeds, model selection
 without target labels, written to a markdown table (docs/results.md).
 
-For each shift ``configs/da_<shift>.py`` and seed: the ``source_only`` run (which is
-also the source warm-up every method starts from), then each method. Finished runs
-are skipped, so the script resumes where it stopped. Per run it reads the final
+For each shift ``configs/da_<shift>.py``: the ``source_only`` runs (one per seed; also
+the source warm-ups every method starts from), then each method on every seed, each
+through ``jtl sweep`` (a method's seeds train as one vectorized program; finished runs
+are skipped, so the script resumes where it stopped; a failed run is left out and said). Per run it reads the final
 target accuracy (an ``oracle`` number: it uses target labels, reported, never used
 to choose) and scores the run without target labels: source validation accuracy,
 SND and IM on the target predictions, and DEV.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +26,33 @@ ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ("source_val", "snd", "im", "dev")
 
 
-def run_one(shift: str, method: str, seed: int, workdir: Path, source_dir: Path | None, extra: list[str]) -> dict:
-    from jtl.config import load_config  # noqa: PLC0415
-    from jtl.train import train  # noqa: PLC0415
+def run_method(shift: str, method: str, seeds: list[int], root: Path, warmups: Path | None,
+               extra: list[str]) -> dict[int, dict]:
+    """``jtl sweep`` of ``method`` over ``seeds`` (one vectorized program; finished runs are skipped):
+    {seed: {"workdir", "summary"}} of the runs that finished."""
+    from jtl.sweep.runner import run_sweep  # noqa: PLC0415
 
-    summary_file = workdir / "summary.json"
-    if not summary_file.exists():
-        arg = method if source_dir is None else f"{method},init={source_dir}"
-        cfg = load_config(f"{ROOT}/configs/da_{shift}.py:{arg}",
-                          [f"seed={seed}", "save_predictions=True", "progress=False"] + extra)
-        t = time.perf_counter()
-        summary = train(cfg, workdir)
-        summary["wall_time_s"] = time.perf_counter() - t
-        summary_file.write_text(json.dumps(summary, indent=2, default=str))
-        print(f"{shift} {method} seed {seed}: target {summary['final']['target_test']['top1']:.4f} "
-              f"({summary['wall_time_s']:.0f} s)", flush=True)
-    return json.loads(summary_file.read_text())
+    arg = f"{method},seeds={':'.join(map(str, seeds))}" + (f",init={warmups}" if warmups else "")
+    runs = run_sweep(f"{ROOT}/configs/da_{shift}.py:{arg}", root / shift / method, ["progress=False"] + extra)
+    out = {}
+    for r in runs:
+        if r.status in ("done", "skipped"):
+            summary = json.loads((r.workdir / "summary.json").read_text())
+            out[int(r.overrides["seed"])] = {"workdir": r.workdir, "summary": summary}
+            print(f"{shift} {method} seed {r.overrides['seed']}: target "
+                  f"{summary['final']['target_test']['top1']:.4f}", flush=True)
+    return out
+
+
+def link_warmups(shift_dir: Path, finished: dict[int, dict]) -> Path:
+    """``shift_dir/source_by_seed/seed<S>`` -> the source-only run of seed S (what da_sweep's init= reads)."""
+    links = shift_dir / "source_by_seed"
+    links.mkdir(parents=True, exist_ok=True)
+    for seed, run in finished.items():
+        link = links / f"seed{seed}"
+        if not link.exists():
+            link.symlink_to(run["workdir"])
+    return links
 
 
 def scores(workdir: Path, step: int) -> dict:
@@ -77,14 +88,19 @@ def main(argv=None) -> int:
         methods.insert(0, "source_only")
     seeds = [int(s) for s in a.seeds.split(",")]
     rows: dict = {}
+    root = Path(a.workdir).absolute()
     for shift in a.shifts.split(","):
-        for seed in seeds:
-            src = Path(a.workdir).absolute() / shift / f"seed{seed}" / "source_only"
-            for method in methods:
-                wd = src if method == "source_only" else src.parent / method
-                s = run_one(shift, method, seed, wd, None if method == "source_only" else src, a.override)
-                r = {"target": s["final"]["target_test"]["top1"], "wall": s.get("wall_time_s", float("nan")),
-                     **scores(wd, s["step"])}
+        source = run_method(shift, "source_only", seeds, root, None, a.override)
+        warmups = link_warmups(root / shift, source)
+        for method in methods:
+            done = source if method == "source_only" else run_method(shift, method, seeds, root, warmups, a.override)
+            for seed in seeds:
+                if seed not in done:
+                    print(f"{shift} {method} seed {seed}: failed (see its failed.json); left out", flush=True)
+                    continue
+                s, wd = done[seed]["summary"], done[seed]["workdir"]
+                wall = s.get("wall_time_s", float("nan")) / s.get("vectorized_members", 1)
+                r = {"seed": seed, "target": s["final"]["target_test"]["top1"], "wall": wall, **scores(wd, s["step"])}
                 rows.setdefault(shift, {}).setdefault(method, []).append(r)
     lines = ["# Domain adaptation results", "",
              f"`{' '.join(['python scripts/da_results.py'] + (argv or sys.argv[1:]))}`", "",
@@ -102,15 +118,18 @@ def main(argv=None) -> int:
         base = np.mean([r["target"] for r in by_method["source_only"]])
         for crit in CRITERIA + ("oracle",):
             chosen, accs = [], []
-            for i in range(len(seeds)):
+            for seed in seeds:
+                cands = {m: r for m, rs in by_method.items() for r in rs if r["seed"] == seed}
+                if not cands:
+                    continue
                 if crit == "oracle":
-                    key = lambda m: by_method[m][i]["target"]
+                    key = lambda m: cands[m]["target"]
                 else:
                     sign = 1 if SELECTION[crit].higher_is_better else -1
-                    key = lambda m: sign * by_method[m][i][crit]
-                best = max(by_method, key=key)
+                    key = lambda m: sign * cands[m][crit]
+                best = max(cands, key=key)
                 chosen.append(best)
-                accs.append(by_method[best][i]["target"])
+                accs.append(cands[best]["target"])
             label = "oracle (uses target labels)" if crit == "oracle" else crit
             lines.append(f"| {label} | {', '.join(chosen)} | {100 * np.mean(accs):.2f} +- {100 * np.std(accs):.2f} | "
                          f"{100 * (np.mean(accs) - base):+.2f} |")
