@@ -71,6 +71,40 @@ def scores(workdir: Path, step: int) -> dict:
     }
 
 
+def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Path) -> list[str]:
+    """Proxy A-distance of every method and, for ``seed``, t-SNE plots and per-class target
+    accuracy of source_only and of the method IM picks (features: the final predictions)."""
+    from jtl.analysis import per_class_table, proxy_a_distance, tsne_plot  # noqa: PLC0415
+    from jtl.select import METHODS as SELECTION  # noqa: PLC0415
+
+    def preds(method, label):
+        r = next(r for r in by_method[method] if r["seed"] == seed)
+        return np.load(r["workdir"] / "predictions" / f"{label}-{r['step']}.npz")
+
+    lines = [f"### {shift}: representations (seed {seed}, final checkpoint)", "",
+             "Proxy A-distance between source-val and target-test bottleneck features (a linear domain "
+             "classifier's held-out error eps: d_A = 2 (1 - 2 eps); lower = less separable domains):", "",
+             "| method | proxy A-distance |", "|---|---:|"]
+    for method in by_method:
+        if any(r["seed"] == seed for r in by_method[method]):
+            d = proxy_a_distance(preds(method, "source_val")["features"], preds(method, "target_test")["features"])
+            lines.append(f"| {method} | {d:.3f} |")
+    sign = 1 if SELECTION["im"].higher_is_better else -1
+    picked = max((m for m in by_method if m != "source_only" and any(r["seed"] == seed for r in by_method[m])),
+                 key=lambda m: sign * next(r["im"] for r in by_method[m] if r["seed"] == seed), default=None)
+    lines.append("")
+    for method in ["source_only"] + ([picked] if picked else []):
+        sv, tg = preds(method, "source_val"), preds(method, "target_test")
+        png = figures / f"tsne_{shift}_{method}.png"
+        tsne_plot(sv["features"], tg["features"], png, source_labels=sv["labels"], target_labels=tg["labels"],
+                  title=f"{shift}: {method} (seed {seed})")
+        rel = png.relative_to(doc_dir) if png.is_relative_to(doc_dir) else png
+        lines += [f"![t-SNE of {method} features]({rel})", "",
+                  per_class_table(tg["logits"], tg["labels"], title=f"{shift}: {method}, per-class target accuracy "
+                                  "(oracle: uses target labels)"), ""]
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shifts", default="fmnist_mnistm,fmnist_invert")
@@ -79,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default="runs/da")
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--override", action="append", default=[], help="extra KEY=VALUE config overrides")
+    p.add_argument("--figures", default="", help="also write t-SNE plots here and add proxy A-distances and "
+                   "per-class accuracy (first seed: source_only vs the method IM picks)")
     a = p.parse_args(argv)
     from jtl.methods import METHODS  # noqa: PLC0415
     from jtl.select import METHODS as SELECTION  # noqa: PLC0415
@@ -100,7 +136,8 @@ def main(argv=None) -> int:
                     continue
                 s, wd = done[seed]["summary"], done[seed]["workdir"]
                 wall = s.get("wall_time_s", float("nan")) / s.get("vectorized_members", 1)
-                r = {"seed": seed, "target": s["final"]["target_test"]["top1"], "wall": wall, **scores(wd, s["step"])}
+                r = {"seed": seed, "target": s["final"]["target_test"]["top1"], "wall": wall, "workdir": wd,
+                     "step": s["step"], **scores(wd, s["step"])}
                 rows.setdefault(shift, {}).setdefault(method, []).append(r)
     lines = ["# Domain adaptation results", "",
              f"`{' '.join(['python scripts/da_results.py'] + (argv or sys.argv[1:]))}`", "",
@@ -134,6 +171,8 @@ def main(argv=None) -> int:
             lines.append(f"| {label} | {', '.join(chosen)} | {100 * np.mean(accs):.2f} +- {100 * np.std(accs):.2f} | "
                          f"{100 * (np.mean(accs) - base):+.2f} |")
         lines.append("")
+        if a.figures:
+            lines += analysis(shift, by_method, seeds[0], Path(a.figures), Path(a.out).parent)
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
