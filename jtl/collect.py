@@ -410,7 +410,8 @@ def aggregate(runs: Sequence[Run], keys: Sequence[str], metric: str, seed_key: s
         s.seeds.append(r.params.get(seed_key))
         w = r.summary.get("wall_time_s")
         if isinstance(w, int | float) and not isinstance(w, bool):
-            s.wall_times.append(float(w))
+            # A vectorized member's wall time is its group's: count its share.
+            s.wall_times.append(float(w) / max(int(r.summary.get("vectorized_members", 1)), 1))
     return [groups[k] for k in sorted(groups, key=lambda t: tuple(_sort_key(v) for v in t))]
 
 

@@ -219,3 +219,12 @@ def test_errors_are_one_line(tmp_path, capsys):
         assert main(["collect", str(tmp_path / "r"), *args]) == 2, args
         err = capsys.readouterr().err.strip()
         assert msg in err and "\n" not in err, err
+
+
+def test_vectorized_members_count_their_share_of_the_wall_time(tmp_path):
+    for seed in SEEDS:
+        write_run(tmp_path / f"s{seed}", config(seed, 0.1), top1=0.5 + 0.1 * seed, wall=30.0)
+        summary = json.loads((tmp_path / f"s{seed}" / "summary.json").read_text())
+        (tmp_path / f"s{seed}" / "summary.json").write_text(json.dumps({**summary, "vectorized_members": 3}))
+    report = C.collect([tmp_path], select=())
+    assert [s.wall_times for s in report.settings] == [[10.0, 10.0, 10.0]]
