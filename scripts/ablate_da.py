@@ -58,9 +58,9 @@ def main(argv=None) -> int:
 
     workdir, figures = Path(a.workdir).absolute(), Path(a.figures)
     figures.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     init = source_runs(workdir, a.override)
     sections = []
+    total_train_s = 0.0
     for study in a.studies.split(";"):
         sweep_dir = workdir / study.replace(",", "_")
         t = time.perf_counter()
@@ -72,10 +72,14 @@ def main(argv=None) -> int:
         png = figures / f"ablate_{study.replace(',', '_')}.png"
         if key:
             collect.plot(report.finished, key, [key], "target_test/top1", png)
-        vectorized = max((r.vectorized for r in runs), default=1)
+        summaries = [json.loads((r.workdir / "summary.json").read_text()) for r in runs
+                     if (r.workdir / "summary.json").exists()]
+        trained = sum(s["wall_time_s"] / s.get("vectorized_members", 1) for s in summaries)
+        vectorized = max((s.get("vectorized_members", 1) for s in summaries), default=1)
+        total_train_s += trained
         sections += [f"## {study.replace(',', ': ')}", "",
                      f"`jtl sweep --config configs/ablate_da.py:{study},init=... --workdir {sweep_dir.name}`: "
-                     f"{len(runs)} runs, {wall / 60:.1f} min this invocation (largest vectorized group: {vectorized}).", "",
+                     f"{len(runs)} runs, {trained / 60:.1f} min of training (largest vectorized group: {vectorized}).", "",
                      collect.render(report, "md").split("\n", 2)[2].strip(), ""]
         if key:
             sections += [f"![target accuracy against {key}]({Path('figures') / png.name})", ""]
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
              "target accuracy uses target labels (**oracle**: reported, not used to choose). "
              "Mean +- std over seeds 0, 1, 2 at the final checkpoint.", "",
              f"Reproduce: `.venv/bin/python scripts/ablate_da.py {' '.join(argv or sys.argv[1:])}` "
-             f"({(time.perf_counter() - t0) / 60:.0f} min here, 2-core CPU).", ""] + sections
+             f"({total_train_s / 60:.0f} min of training on a 2-core CPU shared with other jobs).", ""] + sections
     Path(a.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {a.out}")
     return 0
