@@ -15,6 +15,7 @@ def save_png(fig, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the figure private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
