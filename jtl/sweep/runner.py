@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import jax
-
 from jtl.errors import ConfigError, JtlError
 from jtl.sweep.spec import load_sweep, member_name, override_args
 from jtl.train import runinfo
@@ -131,6 +129,8 @@ def _run_alone(run: Run, log) -> None:
 
 
 def _run_vectorized(group: list[Run], log) -> None:
+    import jax  # noqa: PLC0415
+
     from jtl.train.vector import NotVectorizable, VectorTrainer  # noqa: PLC0415
 
     t = time.perf_counter()
