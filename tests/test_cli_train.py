@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-CONFIG = """
-import ml_collections
-def get_config(arg=None):
-    c = ml_collections.ConfigDict()
-    c.model = {"name": "cifar_resnet8", "num_classes": 10}
-    c.data = {"train": "digits", "eval": ("val=digits:val",), "image_size": 8, "channels": 1,
-              "normalize": "dataset", "augment": ()}
-    c.batch_size, c.eval_batch_size, c.total_steps = 32, 64, int(arg or 6)
-    c.eval_every, c.checkpoint_every, c.log_every, c.progress = 3, 3, 3, False
-    c.optim = {"lr": 0.05, "schedule": "constant"}
-    return c
-"""
+from train_helpers import config_file_text
+
+CONFIG = config_file_text(steps=6, every=3, log_every=3)
 
 
 @pytest.fixture

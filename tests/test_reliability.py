@@ -29,20 +29,9 @@ from jtl.cli import main as jtl_main
 from jtl.errors import DataError
 from jtl.train.checkpoint import CorruptCheckpoint, restore_variables
 from jtl.train.loop import DiskFull, Trainer
-from train_helpers import tiny_config
+from train_helpers import config_file_text, tiny_config
 
-CONFIG = """
-import ml_collections
-def get_config(arg=None):
-    c = ml_collections.ConfigDict()
-    c.model = {"name": "cifar_resnet8", "num_classes": 10}
-    c.data = {"train": "digits", "eval": ("val=digits:val",), "image_size": 8, "channels": 1,
-              "normalize": "dataset", "augment": ()}
-    c.batch_size, c.eval_batch_size, c.total_steps = 32, 64, int(arg or 4)
-    c.eval_every, c.checkpoint_every, c.log_every, c.keep_checkpoints, c.progress = 2, 2, 1, 3, False
-    c.optim = {"lr": 0.05, "schedule": "constant"}
-    return c
-"""
+CONFIG = config_file_text(steps=4, every=2, log_every=1, keep=3)
 
 
 @pytest.fixture(autouse=True)

@@ -63,3 +63,21 @@ def train_in_subprocess(cfg, workdir, *, devices: int | None = None, wait=True, 
 def losses(workdir) -> dict[int, float]:
     rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def config_file_text(*, steps: int, every: int, log_every: int, keep: int | None = None) -> str:
+    """A config file (cifar_resnet8 on digits, 8 px) for the CLI tests: ``steps`` by default
+    (``:ARG`` overrides), evaluation and checkpoints every ``every`` steps."""
+    keep_line = f"    c.keep_checkpoints = {keep}\n" if keep is not None else ""
+    return f"""
+import ml_collections
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.model = {{"name": "cifar_resnet8", "num_classes": 10}}
+    c.data = {{"train": "digits", "eval": ("val=digits:val",), "image_size": 8, "channels": 1,
+              "normalize": "dataset", "augment": ()}}
+    c.batch_size, c.eval_batch_size, c.total_steps = 32, 64, int(arg or {steps})
+    c.eval_every, c.checkpoint_every, c.log_every, c.progress = {every}, {every}, {log_every}, False
+{keep_line}    c.optim = {{"lr": 0.05, "schedule": "constant"}}
+    return c
+"""
