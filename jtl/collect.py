@@ -394,6 +394,15 @@ def identifying_keys(settings: Sequence[Setting], keys: Sequence[str]) -> list[s
     return [k for k in keys if k in chosen]
 
 
+def member_wall_time_s(summary: dict) -> float | None:
+    """A run's own wall time from its ``summary.json``: ``wall_time_s / vectorized_members``
+    (a vectorized member records its group's wall time); None if it has none."""
+    w = summary.get("wall_time_s")
+    if not isinstance(w, int | float) or isinstance(w, bool):
+        return None
+    return float(w) / max(int(summary.get("vectorized_members", 1)), 1)
+
+
 def aggregate(runs: Sequence[Run], keys: Sequence[str], metric: str, seed_key: str = "seed") -> list[Setting]:
     """Group finished runs that have ``metric`` by ``keys``; settings sorted by key values."""
     groups: dict[tuple, Setting] = {}
@@ -408,10 +417,9 @@ def aggregate(runs: Sequence[Run], keys: Sequence[str], metric: str, seed_key: s
         s.runs.append(r)
         s.values.append(v)
         s.seeds.append(r.params.get(seed_key))
-        w = r.summary.get("wall_time_s")
-        if isinstance(w, int | float) and not isinstance(w, bool):
-            # A vectorized member's wall time is its group's: count its share.
-            s.wall_times.append(float(w) / max(int(r.summary.get("vectorized_members", 1)), 1))
+        w = member_wall_time_s(r.summary)
+        if w is not None:
+            s.wall_times.append(w)
     return [groups[k] for k in sorted(groups, key=lambda t: tuple(_sort_key(v) for v in t))]
 
 

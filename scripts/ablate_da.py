@@ -72,10 +72,8 @@ def main(argv=None) -> int:
         png = figures / f"ablate_{study.replace(',', '_')}.png"
         if key:
             collect.plot(report.finished, key, [key], "target_test/top1", png)
-        summaries = [json.loads((r.workdir / "summary.json").read_text()) for r in runs
-                     if (r.workdir / "summary.json").exists()]
-        trained = sum(s["wall_time_s"] / s.get("vectorized_members", 1) for s in summaries)
-        vectorized = max((s.get("vectorized_members", 1) for s in summaries), default=1)
+        trained = sum(collect.member_wall_time_s(r.summary) or 0.0 for r in report.finished)
+        vectorized = max((r.summary.get("vectorized_members", 1) for r in report.finished), default=1)
         total_train_s += trained
         sections += [f"## {study.replace(',', ': ')}", "",
                      f"`jtl sweep --config configs/ablate_da.py:{study},init=... --workdir {sweep_dir.name}`: "

@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--figures", default="", help="also write t-SNE plots here and add proxy A-distances and "
                    "per-class accuracy (first seed: source_only vs the method IM picks)")
     a = p.parse_args(argv)
+    from jtl.collect import member_wall_time_s  # noqa: PLC0415
     from jtl.methods import METHODS  # noqa: PLC0415
     from jtl.select import METHODS as SELECTION  # noqa: PLC0415
 
@@ -135,7 +136,8 @@ def main(argv=None) -> int:
                     print(f"{shift} {method} seed {seed}: failed (see its failed.json); left out", flush=True)
                     continue
                 s, wd = done[seed]["summary"], done[seed]["workdir"]
-                wall = s.get("wall_time_s", float("nan")) / s.get("vectorized_members", 1)
+                wall = member_wall_time_s(s)
+                wall = float("nan") if wall is None else wall
                 r = {"seed": seed, "target": s["final"]["target_test"]["top1"], "wall": wall, "workdir": wd,
                      "step": s["step"], **scores(wd, s["step"])}
                 rows.setdefault(shift, {}).setdefault(method, []).append(r)
