@@ -127,6 +127,7 @@ def build_jtl(arch, num_classes, size, batch, dann, seed=0, dtype=None):
         variables = model.init(jax.random.key(seed), x0, BOTTLENECK, method=AdaptationModel.init_all)
         task = object.__new__(AdaptationTask)
         task.model, task.uses_target, task.strong = model, True, False
+        task.normalization = None  # the bench's images are float, already normalised
         loss_fn = make_loss_fn(task.forward, [("ce", 1.0), ("dann", 1.0)], {}, 1000, r"^(?!backbone/)",
                                apply_head=task.apply_head)
         host_batch = {"image_s": x[:batch], "label": y, "image_t": x[batch:]}

@@ -149,3 +149,32 @@ def test_torch_reference_adaptation_model_parameter_count():
     shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), 256, method=AdaptationModel.init_all),
                             jax.random.key(0))
     assert tm.num_params(tm.AdaptationModel("cifar_resnet8", 5, 256, 1024)) == _count(shapes["params"])
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_train_step", ROOT / "scripts" / "bench_train_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_dann_step_loss_is_ce_plus_dann():
+    """The bench's DANN case runs jtl's adaptation step: its first loss equals source
+    cross-entropy + 1/2[BCE(D(f_s),1) + BCE(D(f_t),0)], computed in numpy from the model's outputs."""
+    from jtl.train.adapt import AdaptationModel
+
+    bench = _bench_module()
+    batch = 4
+    model, step, state, dev_batch, x, y = bench.build_jtl("cifar_resnet8", 5, 32, batch, True)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    (logits, feats), _ = model.apply(variables, jnp.asarray(x), train=True, return_features=True,
+                                     mutable=["batch_stats"])
+    d = np.asarray(model.apply(variables, "disc", feats["pooled"], method=AdaptationModel.apply_head),
+                   np.float64)[:, 0]
+    z = np.asarray(logits, np.float64)[:batch]
+    ce = np.mean(np.log(np.sum(np.exp(z - z.max(1, keepdims=True)), 1)) + z.max(1) - z[np.arange(batch), y])
+    softplus = lambda v: np.log1p(np.exp(-np.abs(v))) + np.maximum(v, 0)  # noqa: E731
+    bce = 0.5 * (np.mean(softplus(-d[:batch])) + np.mean(softplus(d[batch:])))
+    new_state, metrics = step(state, dev_batch)
+    assert float(metrics["loss"]) == pytest.approx(ce + bce, rel=1e-5)
+    assert int(new_state.step) == 1
