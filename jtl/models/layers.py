@@ -108,7 +108,9 @@ SMALL_MAP_PIXELS = 4
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
     """``conv2d_plain``'s result, computed the fastest measured way for the shape.
 
-    - 1x1 kernels: a (strided) slice and a matrix product over channels;
+    - 1x1 kernels: a (strided) slice and a 2-D matrix product ``(N*H*W, C) @ (C, O)`` (as a
+      2-D product its weight gradient ``x^T g`` is 1.5-3x faster on XLA:CPU than that of the
+      same contraction written over ``n, h, w``; ResNet-50 step +23%);
     - outputs of at most ``SMALL_MAP_PIXELS`` pixels: im2col (:func:`conv2d_im2col`);
     - otherwise XLA's convolution.
 
@@ -121,7 +123,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Ar
             x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
         if stride > 1:
             x = x[:, ::stride, ::stride, :]
-        return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+        n, h, w, c = x.shape
+        return jnp.dot(x.reshape(n * h * w, c), kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
     ho, wo = (_out_size(n, k, stride, padding) for n in x.shape[1:3])
     if ho * wo <= SMALL_MAP_PIXELS:
         return conv2d_im2col(x, kernel, stride, padding)

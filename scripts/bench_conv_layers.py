@@ -1,0 +1,157 @@
+"""Every convolution of a train step, jtl (XLA:CPU) against PyTorch (oneDNN), layer by layer.
+
+    .venv/bin/python scripts/bench_conv_layers.py [--case resnet18_64] [--repeats 7]
+    (figures: docs/benchmarks.md, "Train step vs PyTorch")
+
+For a case of ``scripts/bench_train_step.py`` the script records the shape of every call to
+``jtl.models.layers.conv2d`` while tracing the model (so jtl's own dispatch is measured: 1x1
+kernels as a matrix product, im2col on <= 2x2 outputs, XLA's convolution elsewhere), then
+times, per distinct layer, the three convolutions of a train step on random data:
+
+- ``fwd``: the convolution; ``dw``: its weight gradient; ``dx``: its input gradient (jtl: the
+  pieces of ``jax.vjp(conv2d)``, each jitted alone; PyTorch: ``aten.convolution_backward``
+  with one output, channels-last tensors, all cores, OpenMP wait policy passive).
+
+Rounds alternate jtl / PyTorch; medians. One JSON line per layer (milliseconds and GFLOP/s,
+``count`` = how many layers of the model have that shape), then a total line weighted by
+``count``: if the totals are close while the whole step is not, the gap lies outside the
+convolutions (BatchNorm, elementwise work, layout changes, pooling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch's OpenMP starts
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CASES = {"resnet18_64": ("resnet18", 64, 64), "resnet18_128": ("resnet18", 128, 32),
+         "resnet50_128": ("resnet50", 128, 16), "cifar8_32": ("cifar_resnet8", 32, 128)}
+
+
+def conv_layers(arch: str, size: int, batch: int) -> Counter:
+    """{(input shape, kernel shape, stride, padding): count} of the model's convolutions."""
+    import jax
+    import jax.numpy as jnp
+
+    from jtl.models import create_model, layers
+
+    seen: Counter = Counter()
+    inner = layers.conv2d
+
+    def recording(x, kernel, stride, padding):
+        seen[(tuple(x.shape), tuple(kernel.shape), stride, padding)] += 1
+        return inner(x, kernel, stride, padding)
+
+    model = create_model(arch, 10)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    layers.conv2d = recording
+    try:
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]), variables,
+                       jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32))
+    finally:
+        layers.conv2d = inner
+    return seen
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def time_layer(shape, kshape, stride, padding, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from jtl.models import layers
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, np.float32)
+    w = (0.1 * rng.standard_normal(kshape)).astype(np.float32)
+    y = jax.eval_shape(lambda a, b: layers.conv2d(a, b, stride, padding), x, w)
+    g = rng.standard_normal(y.shape, np.float32)
+    xj, wj, gj = map(jnp.asarray, (x, w, g))
+    conv = lambda a, b: layers.conv2d(a, b, stride, padding)  # noqa: E731
+    jtl_fns = {
+        "fwd": jax.jit(conv),
+        "dw": jax.jit(lambda a, b, c: jax.vjp(conv, a, b)[1](c)[1]),
+        "dx": jax.jit(lambda a, b, c: jax.vjp(conv, a, b)[1](c)[0]),
+    }
+    cl = torch.channels_last
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+    wt = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=cl)
+    gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+    pad = (padding, padding)
+
+    def torch_bwd(mask):
+        return lambda: torch.ops.aten.convolution_backward(gt, xt, wt, None, (stride, stride), pad, (1, 1), False,
+                                                           (0, 0), 1, mask)
+
+    torch_fns = {"fwd": lambda: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding),
+                 "dw": torch_bwd((False, True, False)), "dx": torch_bwd((True, False, False))}
+    with torch.no_grad():  # check that both compute the same forward before timing
+        ref = torch_fns["fwd"]().permute(0, 2, 3, 1).numpy()
+    got = np.asarray(jtl_fns["fwd"](xj, wj))
+    assert np.max(np.abs(got - ref)) <= 1e-4 * np.max(np.abs(ref)), "jtl and PyTorch convolutions differ"
+    out = {}
+    for part in ("fwd", "dw", "dx"):
+        f = jtl_fns[part]
+        args = (xj, wj) if part == "fwd" else (xj, wj, gj)
+        jtl_t, torch_t = [], []
+        for _ in range(repeats):  # alternate, so that load on a shared machine hits both
+            jtl_t.append(median_ms(lambda: jax.block_until_ready(f(*args)), 1))
+            torch_t.append(median_ms(torch_fns[part], 1))
+        out[part] = (float(np.median(jtl_t)), float(np.median(torch_t)))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", default="resnet18_64", choices=sorted(CASES))
+    p.add_argument("--repeats", type=int, default=7)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    arch, size, batch = CASES[a.case]
+    totals = {part: [0.0, 0.0] for part in ("fwd", "dw", "dx")}
+    for (shape, kshape, stride, padding), count in conv_layers(arch, size, batch).items():
+        n, h, w_, c = shape
+        k, _, _, o = kshape
+        ho, wo = (h + 2 * padding - k) // stride + 1, (w_ + 2 * padding - k) // stride + 1
+        gflop = 2 * n * ho * wo * o * c * k * k / 1e9
+        r = time_layer(shape, kshape, stride, padding, a.repeats)
+        line = {"case": a.case, "input": shape, "kernel": kshape, "stride": stride, "count": count,
+                "gflop": round(gflop, 3)}
+        for part, (tj, tt) in r.items():
+            totals[part][0] += count * tj
+            totals[part][1] += count * tt
+            line[part] = {"jtl_ms": round(tj, 2), "torch_ms": round(tt, 2), "jtl_gflop_s": round(gflop / tj * 1e3, 1),
+                          "torch_gflop_s": round(gflop / tt * 1e3, 1)}
+        print(json.dumps(line), flush=True)
+    total = {part: {"jtl_ms": round(tj, 1), "torch_ms": round(tt, 1), "ratio": round(tt / tj, 3)}
+             for part, (tj, tt) in totals.items()}
+    sj, st = sum(v[0] for v in totals.values()), sum(v[1] for v in totals.values())
+    print(json.dumps({"case": a.case, "total": total, "all_jtl_ms": round(sj, 1), "all_torch_ms": round(st, 1),
+                      "ratio": round(st / sj, 3)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
