@@ -14,8 +14,11 @@ times, per distinct layer, the three convolutions of a train step on random data
 
 Rounds alternate jtl / PyTorch; medians. One JSON line per layer (milliseconds and GFLOP/s,
 ``count`` = how many layers of the model have that shape), then a total line weighted by
-``count``: if the totals are close while the whole step is not, the gap lies outside the
-convolutions (BatchNorm, elementwise work, layout changes, pooling).
+``count`` (a train step needs no input gradient of the first layer: ``train_conv_ms`` leaves it
+out). With ``--with-step`` the last line also times both frameworks' whole train step
+(``scripts/bench_train_step.py``'s, PyTorch in this process with the same threads), and splits
+each into convolutions and the rest; ``step_with_torch_convs_ms`` = PyTorch's convolutions +
+jtl's rest, the step jtl would have with oneDNN's convolution kernels.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CASES = {"resnet18_64": ("resnet18", 64, 64), "resnet18_128": ("resnet18", 128, 32),
-         "resnet50_128": ("resnet50", 128, 16), "cifar8_32": ("cifar_resnet8", 32, 128)}
+         "resnet50_128": ("resnet50", 128, 16), "cifar8_32": ("cifar_resnet8", 32, 128),
+         "dann_32": ("cifar_resnet8", 32, 256)}  # the DANN step's backbone sees 128 source + 128 target
 
 
 def conv_layers(arch: str, size: int, batch: int) -> Counter:
@@ -125,12 +129,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--case", default="resnet18_64", choices=sorted(CASES))
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--with-step", action="store_true", help="also time both whole train steps")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     arch, size, batch = CASES[a.case]
     totals = {part: [0.0, 0.0] for part in ("fwd", "dw", "dx")}
+    first_dx = [0.0, 0.0]  # the input gradient of the layer that reads the images
     for (shape, kshape, stride, padding), count in conv_layers(arch, size, batch).items():
         n, h, w_, c = shape
         k, _, _, o = kshape
@@ -142,15 +148,49 @@ def main(argv=None) -> int:
         for part, (tj, tt) in r.items():
             totals[part][0] += count * tj
             totals[part][1] += count * tt
+        if shape == (batch, size, size, 3):
+            first_dx = list(r["dx"])
             line[part] = {"jtl_ms": round(tj, 2), "torch_ms": round(tt, 2), "jtl_gflop_s": round(gflop / tj * 1e3, 1),
                           "torch_gflop_s": round(gflop / tt * 1e3, 1)}
         print(json.dumps(line), flush=True)
     total = {part: {"jtl_ms": round(tj, 1), "torch_ms": round(tt, 1), "ratio": round(tt / tj, 3)}
              for part, (tj, tt) in totals.items()}
-    sj, st = sum(v[0] for v in totals.values()), sum(v[1] for v in totals.values())
-    print(json.dumps({"case": a.case, "total": total, "all_jtl_ms": round(sj, 1), "all_torch_ms": round(st, 1),
-                      "ratio": round(st / sj, 3)}), flush=True)
+    sj, st = (sum(v[i] for v in totals.values()) - first_dx[i] for i in (0, 1))
+    line = {"case": a.case, "total": total, "train_conv_jtl_ms": round(sj, 1), "train_conv_torch_ms": round(st, 1),
+            "ratio": round(st / sj, 3)}
+    if a.with_step:
+        step_j, step_t = time_steps(a.case, a.repeats)
+        line.update(step_jtl_ms=round(step_j, 1), step_torch_ms=round(step_t, 1), step_ratio=round(step_t / step_j, 3),
+                    conv_share_jtl=round(sj / step_j, 3), conv_share_torch=round(st / step_t, 3),
+                    step_with_torch_convs_ms=round(step_j - sj + st, 1),
+                    ratio_with_torch_convs=round(step_t / (step_j - sj + st), 3))
+    print(json.dumps(line), flush=True)
     return 0
+
+
+def time_steps(case: str, repeats: int) -> tuple[float, float]:
+    """Median ms of jtl's and PyTorch's whole train step (``bench_train_step``), interleaved."""
+    import jax
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_train_step as bench
+
+    spec = bench.CASES[case]
+    _, step, state, batch, _, _ = bench.build_jtl(*spec)
+    torch_step = bench.build_torch(*spec, True)
+    state_box = [state]
+
+    def jtl_step():
+        state_box[0], m = step(state_box[0], batch)
+        jax.block_until_ready(m)
+
+    jtl_step()
+    torch_step()
+    tj, tt = [], []
+    for _ in range(repeats):
+        tj.append(median_ms(jtl_step, 1))
+        tt.append(median_ms(torch_step, 1))
+    return float(np.median(tj)), float(np.median(tt))
 
 
 if __name__ == "__main__":
