@@ -178,3 +178,18 @@ def test_bench_dann_step_loss_is_ce_plus_dann():
     new_state, metrics = step(state, dev_batch)
     assert float(metrics["loss"]) == pytest.approx(ce + bce, rel=1e-5)
     assert int(new_state.step) == 1
+
+
+@pytest.mark.parametrize("arch,size", [("cifar_resnet8", 32), ("resnet18", 64)])
+def test_bench_conv_layers_records_every_convolution(arch, size):
+    """scripts/bench_conv_layers.py times each convolution of the model once per layer: the
+    layers it records are exactly the model's 4-D (HWIO) kernels, with their shapes."""
+    spec = importlib.util.spec_from_file_location("bench_conv_layers", ROOT / "scripts" / "bench_conv_layers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    seen = mod.conv_layers(arch, size, 2)
+    shapes = jax.eval_shape(create_model(arch, 10).init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    kernels = sorted(tuple(v.shape) for v in jax.tree.leaves(shapes["params"]) if v.ndim == 4)
+    recorded = sorted(k for (_, k, _, _), n in seen.items() for _ in range(n))
+    assert recorded == kernels
+    assert all(x[0] == 2 for (x, _, _, _) in seen)
