@@ -193,3 +193,18 @@ def test_bench_conv_layers_records_every_convolution(arch, size):
     recorded = sorted(k for (_, k, _, _), n in seen.items() for _ in range(n))
     assert recorded == kernels
     assert all(x[0] == 2 for (x, _, _, _) in seen)
+
+
+def test_profile_train_step_groups_operations_by_what_they_compute():
+    """scripts/profile_train_step.py's grouping of a compiled program's operations."""
+    spec = importlib.util.spec_from_file_location("profile_train_step", ROOT / "scripts" / "profile_train_step.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def f(x, k, m):
+        y = L.conv2d_plain(x, k, 1, 1)
+        return y, jnp.sum(x, axis=(1, 2)) @ m, jnp.transpose(x, (3, 1, 2, 0)) * 2.0
+
+    args = (jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 5)), jnp.ones((4, 6)))
+    groups = mod.classify(jax.jit(f).lower(*args).compile().as_text())
+    assert {"convolution", "dot", "transpose"} <= set(groups.values())
