@@ -80,8 +80,9 @@ def _flat(tree):
 
 @pytest.mark.timeout(420)
 def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
-    # The settings of tests/test_train.py::test_one_vs_four_devices_same_losses (well conditioned).
-    cfg = tiny_config(total_steps=20, batch_size=32, save_predictions=True,
+    # The settings of tests/test_train.py::test_one_vs_four_devices_same_losses (well conditioned,
+    # 8 steps: beyond that training amplifies float rounding, see there).
+    cfg = tiny_config(total_steps=8, batch_size=32, save_predictions=True,
                       **{"data.image_size": 16, "optim.lr": 0.01})
     config = _config_file(tmp_path, cfg)
     single = _launch(tmp_path, "single", config, tmp_path / "single", devices=4)
@@ -98,10 +99,10 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
     _wait_all(procs, 300)
 
     a, b = losses(tmp_path / "single"), losses(workdir)
-    assert sorted(a) == sorted(b) == list(range(1, 21))
+    assert sorted(a) == sorted(b) == list(range(1, 9))
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5, atol=1e-6)
     rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 21))  # written once (by process 0)
+    assert [r["step"] for r in rows] == list(range(1, 9))  # written once (by process 0)
 
     sa = json.loads((tmp_path / "single" / "summary.json").read_text())["final"]["val"]
     sb = json.loads((workdir / "summary.json").read_text())["final"]["val"]
@@ -109,8 +110,8 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
     assert sb["top1"] == sa["top1"]
     assert sb["confusion_matrix"] == sa["confusion_matrix"]
 
-    qa = np.load(tmp_path / "single" / "predictions" / "val-20.npz")
-    qb = np.load(workdir / "predictions" / "val-20.npz")
+    qa = np.load(tmp_path / "single" / "predictions" / "val-8.npz")
+    qb = np.load(workdir / "predictions" / "val-8.npz")
     np.testing.assert_array_equal(qb["labels"], qa["labels"])  # the split's order, not the processes'
     np.testing.assert_allclose(qb["logits"], qa["logits"], rtol=1e-3, atol=1e-3)
 
@@ -121,7 +122,7 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
     # The checkpoint the two processes wrote together reads back in one process (one device), as does
     # the four-device run's; rounding differences of the losses (~1e-6) grow to ~5e-5 in the weights.
     va, vb = restore_variables(tmp_path / "single", "latest"), restore_variables(workdir, "latest")
-    assert va["step"] == vb["step"] == 20
+    assert va["step"] == vb["step"] == 8
     pa, pb = _flat(va["params"]), _flat(vb["params"])
     assert sorted(pa) == sorted(pb)
     for k in pa:
@@ -132,7 +133,7 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
         state, _, step = trainer.restore()
     finally:
         trainer.ckpt.close()
-    assert step == 20
+    assert step == 8
     got = _flat(jax.device_get(state.params))
     assert all(np.array_equal(got[k], pb[k]) for k in pb)
 
