@@ -68,14 +68,17 @@ def conv_layers(arch: str, size: int, batch: int) -> Counter:
     return seen
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
+def interleaved_ms(fa, fb, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of ``fa`` and ``fb`` over ``repeats`` alternating calls (after one
+    warm-up call each), so that load on a shared machine hits both alike."""
+    fa(), fb()
+    ta, tb = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
+        for f, times in ((fa, ta), (fb, tb)):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(ta)), 1e3 * float(np.median(tb))
 
 
 def time_layer(shape, kshape, stride, padding, repeats: int) -> dict:
@@ -117,11 +120,7 @@ def time_layer(shape, kshape, stride, padding, repeats: int) -> dict:
     for part in ("fwd", "dw", "dx"):
         f = jtl_fns[part]
         args = (xj, wj) if part == "fwd" else (xj, wj, gj)
-        jtl_t, torch_t = [], []
-        for _ in range(repeats):  # alternate, so that load on a shared machine hits both
-            jtl_t.append(median_ms(lambda: jax.block_until_ready(f(*args)), 1))
-            torch_t.append(median_ms(torch_fns[part], 1))
-        out[part] = (float(np.median(jtl_t)), float(np.median(torch_t)))
+        out[part] = interleaved_ms(lambda: jax.block_until_ready(f(*args)), torch_fns[part], repeats)
     return out
 
 
@@ -184,13 +183,7 @@ def time_steps(case: str, repeats: int) -> tuple[float, float]:
         state_box[0], m = step(state_box[0], batch)
         jax.block_until_ready(m)
 
-    jtl_step()
-    torch_step()
-    tj, tt = [], []
-    for _ in range(repeats):
-        tj.append(median_ms(jtl_step, 1))
-        tt.append(median_ms(torch_step, 1))
-    return float(np.median(tj)), float(np.median(tt))
+    return interleaved_ms(jtl_step, torch_step, repeats)
 
 
 if __name__ == "__main__":
