@@ -9,6 +9,12 @@ target accuracy (an ``oracle`` number: it uses target labels, reported, never us
 to choose) and scores the run without target labels: source validation accuracy,
 SND and IM on the target predictions, and DEV.
 
+Each shift also gets the **zero-weight control** ``dann_weight0``: the DANN recipe with
+``loss.dann=0`` (source cross-entropy, target batches seen only by BatchNorm, the same
+continued training from the source warm-up). It is a row of the method table and a
+column of the selection table ("vs control"), never a selection candidate: it tells how
+much of a method's gain is target BatchNorm statistics plus training, not adaptation.
+
     .venv/bin/python scripts/da_results.py --shifts fmnist_mnistm,fmnist_invert \\
         --methods source_only,dann,cdan,mcc --seeds 0,1,2 --workdir runs/da --out docs/results.md
 """
@@ -24,22 +30,26 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ("source_val", "snd", "im", "dev")
+# control name -> (method it is a variant of, config overrides)
+CONTROLS = {"dann_weight0": ("dann", ("loss.dann=0.0",))}
 
 
 def run_method(shift: str, method: str, seeds: list[int], root: Path, warmups: Path | None,
-               extra: list[str]) -> dict[int, dict]:
-    """``jtl sweep`` of ``method`` over ``seeds`` (one vectorized program; finished runs are skipped):
-    {seed: {"workdir", "summary"}} of the runs that finished."""
+               extra: list[str], name: str | None = None) -> dict[int, dict]:
+    """``jtl sweep`` of ``method`` over ``seeds`` into ``root/shift/name`` (default: the method's
+    name; one vectorized program; finished runs are skipped): {seed: {"workdir", "summary"}} of the
+    runs that finished."""
     from jtl.sweep.runner import run_sweep  # noqa: PLC0415
 
+    name = name or method
     arg = f"{method},seeds={':'.join(map(str, seeds))}" + (f",init={warmups}" if warmups else "")
-    runs = run_sweep(f"{ROOT}/configs/da_{shift}.py:{arg}", root / shift / method, ["progress=False"] + extra)
+    runs = run_sweep(f"{ROOT}/configs/da_{shift}.py:{arg}", root / shift / name, ["progress=False"] + extra)
     out = {}
     for r in runs:
         if r.status in ("done", "skipped"):
             summary = json.loads((r.workdir / "summary.json").read_text())
             out[int(r.overrides["seed"])] = {"workdir": r.workdir, "summary": summary}
-            print(f"{shift} {method} seed {r.overrides['seed']}: target "
+            print(f"{shift} {name} seed {r.overrides['seed']}: target "
                   f"{summary['final']['target_test']['top1']:.4f}", flush=True)
     return out
 
@@ -90,7 +100,8 @@ def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Pat
             d = proxy_a_distance(preds(method, "source_val")["features"], preds(method, "target_test")["features"])
             lines.append(f"| {method} | {d:.3f} |")
     sign = 1 if SELECTION["im"].higher_is_better else -1
-    picked = max((m for m in by_method if m != "source_only" and any(r["seed"] == seed for r in by_method[m])),
+    picked = max((m for m in by_method
+                  if m != "source_only" and m not in CONTROLS and any(r["seed"] == seed for r in by_method[m])),
                  key=lambda m: sign * next(r["im"] for r in by_method[m] if r["seed"] == seed), default=None)
     lines.append("")
     for method in ["source_only"] + ([picked] if picked else []):
@@ -105,10 +116,65 @@ def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Pat
     return lines
 
 
+def _mean_std(values, scale: float = 1.0) -> str:
+    return f"{scale * np.mean(values):.2f} +- {scale * np.std(values):.2f}"
+
+
+def method_table(by_method: dict[str, list[dict]]) -> list[str]:
+    """One row per method (controls marked): mean +- std over seeds of target accuracy
+    (oracle), the selection scores and the wall time of a run."""
+    lines = ["| method | target top-1 (oracle) | source val | SND | IM | DEV | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for method, rs in by_method.items():
+        col = lambda k, scale=1.0: _mean_std([r[k] for r in rs], scale)  # noqa: E731
+        label = f"{method} (control: {CONTROLS[method][0]}, {', '.join(CONTROLS[method][1])})" \
+            if method in CONTROLS else method
+        lines.append(f"| {label} | {col('target', 100)} | {col('source_val', 100)} | {col('snd')} | {col('im')} | "
+                     f"{col('dev')} | {np.mean([r['wall'] for r in rs]):.0f} |")
+    return lines
+
+
+def choose(by_method: dict[str, list[dict]], seed: int, criterion: str) -> str | None:
+    """The method whose run of ``seed`` scores best under ``criterion`` (``"oracle"``: target
+    accuracy, uses target labels); controls are never candidates."""
+    from jtl.select import METHODS as SELECTION  # noqa: PLC0415
+
+    cands = {m: r for m, rs in by_method.items() if m not in CONTROLS for r in rs if r["seed"] == seed}
+    if not cands:
+        return None
+    if criterion == "oracle":
+        return max(cands, key=lambda m: cands[m]["target"])
+    sign = 1 if SELECTION[criterion].higher_is_better else -1
+    return max(cands, key=lambda m: sign * cands[m][criterion])
+
+
+def selection_table(by_method: dict[str, list[dict]], seeds: list[int]) -> list[str]:
+    """Per criterion: the method chosen on each seed, the chosen runs' target accuracy (mean +- std)
+    and its gain over source-only's mean (and over each control's mean)."""
+    controls = [c for c in CONTROLS if c in by_method]
+    lines = ["| selection | chosen (per seed) | target top-1 | vs source_only |"
+             + "".join(f" vs {c} |" for c in controls),
+             "|---|---|---|---|" + "---|" * len(controls)]
+    base = {m: np.mean([r["target"] for r in by_method[m]]) for m in ["source_only"] + controls}
+    for crit in CRITERIA + ("oracle",):
+        chosen, accs = [], []
+        for seed in seeds:
+            best = choose(by_method, seed, crit)
+            if best is not None:
+                chosen.append(best)
+                accs.append(next(r["target"] for r in by_method[best] if r["seed"] == seed))
+        label = "oracle (uses target labels)" if crit == "oracle" else crit
+        lines.append(f"| {label} | {', '.join(chosen)} | {_mean_std(accs, 100)} | "
+                     + " | ".join(f"{100 * (np.mean(accs) - base[m]):+.2f}" for m in base) + " |")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shifts", default="fmnist_mnistm,fmnist_invert")
     p.add_argument("--methods", default="all")
+    p.add_argument("--controls", default=",".join(CONTROLS), help="comma-separated controls to run "
+                   f"(of {', '.join(CONTROLS)}; empty: none)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workdir", default="runs/da")
     p.add_argument("--out", default="docs/results.md")
@@ -118,61 +184,47 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from jtl.collect import member_wall_time_s  # noqa: PLC0415
     from jtl.methods import METHODS  # noqa: PLC0415
-    from jtl.select import METHODS as SELECTION  # noqa: PLC0415
 
     methods = list(METHODS) if a.methods == "all" else a.methods.split(",")
     if "source_only" not in methods:
         methods.insert(0, "source_only")
+    controls = [c for c in a.controls.split(",") if c]
+    unknown = [m for m in methods if m not in METHODS] + [c for c in controls if c not in CONTROLS]
+    if unknown:
+        p.error(f"unknown method or control {', '.join(unknown)} (methods: {', '.join(METHODS)}; "
+                f"controls: {', '.join(CONTROLS)})")
     seeds = [int(s) for s in a.seeds.split(",")]
     rows: dict = {}
     root = Path(a.workdir).absolute()
     for shift in a.shifts.split(","):
         source = run_method(shift, "source_only", seeds, root, None, a.override)
         warmups = link_warmups(root / shift, source)
-        for method in methods:
-            done = source if method == "source_only" else run_method(shift, method, seeds, root, warmups, a.override)
+        for name in methods + controls:
+            if name == "source_only":
+                done = source
+            elif name in CONTROLS:
+                method, overrides = CONTROLS[name]
+                done = run_method(shift, method, seeds, root, warmups, a.override + list(overrides), name=name)
+            else:
+                done = run_method(shift, name, seeds, root, warmups, a.override)
             for seed in seeds:
                 if seed not in done:
-                    print(f"{shift} {method} seed {seed}: failed (see its failed.json); left out", flush=True)
+                    print(f"{shift} {name} seed {seed}: failed (see its failed.json); left out", flush=True)
                     continue
                 s, wd = done[seed]["summary"], done[seed]["workdir"]
                 wall = member_wall_time_s(s)
                 wall = float("nan") if wall is None else wall
                 r = {"seed": seed, "target": s["final"]["target_test"]["top1"], "wall": wall, "workdir": wd,
                      "step": s["step"], **scores(wd, s["step"])}
-                rows.setdefault(shift, {}).setdefault(method, []).append(r)
+                rows.setdefault(shift, {}).setdefault(name, []).append(r)
     lines = ["# Domain adaptation results", "",
              f"`{' '.join(['python scripts/da_results.py'] + (argv or sys.argv[1:]))}`", "",
              "Target accuracy is measured with target labels (**oracle** information: reported, never used "
              "to choose). Mean +- std over seeds " + ", ".join(map(str, seeds)) + "; final checkpoint.", ""]
     for shift, by_method in rows.items():
-        lines += [f"## {shift}", "", "| method | target top-1 (oracle) | source val | SND | IM | DEV | wall s |",
-                  "|---|---|---|---|---|---|---|"]
-        for method, rs in by_method.items():
-            col = lambda k, scale=1.0: f"{scale * np.mean([r[k] for r in rs]):.2f} +- {scale * np.std([r[k] for r in rs]):.2f}"
-            lines.append(f"| {method} | {col('target', 100)} | {col('source_val', 100)} | {col('snd')} | {col('im')} | "
-                         f"{col('dev')} | {np.mean([r['wall'] for r in rs]):.0f} |")
-        lines += ["", "Best method per seed chosen without target labels (target top-1 of the chosen run):", "",
-                  "| selection | chosen (per seed) | target top-1 | vs source_only |", "|---|---|---|---|"]
-        base = np.mean([r["target"] for r in by_method["source_only"]])
-        for crit in CRITERIA + ("oracle",):
-            chosen, accs = [], []
-            for seed in seeds:
-                cands = {m: r for m, rs in by_method.items() for r in rs if r["seed"] == seed}
-                if not cands:
-                    continue
-                if crit == "oracle":
-                    key = lambda m: cands[m]["target"]
-                else:
-                    sign = 1 if SELECTION[crit].higher_is_better else -1
-                    key = lambda m: sign * cands[m][crit]
-                best = max(cands, key=key)
-                chosen.append(best)
-                accs.append(cands[best]["target"])
-            label = "oracle (uses target labels)" if crit == "oracle" else crit
-            lines.append(f"| {label} | {', '.join(chosen)} | {100 * np.mean(accs):.2f} +- {100 * np.std(accs):.2f} | "
-                         f"{100 * (np.mean(accs) - base):+.2f} |")
-        lines.append("")
+        lines += [f"## {shift}", ""] + method_table(by_method)
+        lines += ["", "Best method per seed chosen without target labels (target top-1 of the chosen run):", ""]
+        lines += selection_table(by_method, seeds) + [""]
         if a.figures:
             lines += analysis(shift, by_method, seeds[0], Path(a.figures), Path(a.out).parent)
     Path(a.out).write_text("\n".join(lines) + "\n")

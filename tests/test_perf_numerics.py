@@ -19,6 +19,7 @@ import pytest
 
 from jtl.models import create_model
 from jtl.models import layers as L
+from script_helpers import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 RTOL = 1e-5
@@ -151,20 +152,12 @@ def test_torch_reference_adaptation_model_parameter_count():
     assert tm.num_params(tm.AdaptationModel("cifar_resnet8", 5, 256, 1024)) == _count(shapes["params"])
 
 
-def _script(name: str):
-    """``scripts/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_bench_dann_step_loss_is_ce_plus_dann():
     """The bench's DANN case runs jtl's adaptation step: its first loss equals source
     cross-entropy + 1/2[BCE(D(f_s),1) + BCE(D(f_t),0)], computed in numpy from the model's outputs."""
     from jtl.train.adapt import AdaptationModel
 
-    bench = _script("bench_train_step")
+    bench = load_script("bench_train_step")
     batch = 4
     model, step, state, dev_batch, x, y = bench.build_jtl("cifar_resnet8", 5, 32, batch, True)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -185,7 +178,7 @@ def test_bench_dann_step_loss_is_ce_plus_dann():
 def test_bench_conv_layers_records_every_convolution(arch, size):
     """scripts/bench_conv_layers.py times each convolution of the model once per layer: the
     layers it records are exactly the model's 4-D (HWIO) kernels, with their shapes."""
-    seen = _script("bench_conv_layers").conv_layers(arch, size, 2)
+    seen = load_script("bench_conv_layers").conv_layers(arch, size, 2)
     shapes = jax.eval_shape(create_model(arch, 10).init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
     kernels = sorted(tuple(v.shape) for v in jax.tree.leaves(shapes["params"]) if v.ndim == 4)
     recorded = sorted(k for (_, k, _, _), n in seen.items() for _ in range(n))
@@ -195,7 +188,7 @@ def test_bench_conv_layers_records_every_convolution(arch, size):
 
 def test_profile_train_step_groups_operations_by_what_they_compute():
     """scripts/profile_train_step.py's grouping of a compiled program's operations."""
-    mod = _script("profile_train_step")
+    mod = load_script("profile_train_step")
 
     def f(x, k, m):
         y = L.conv2d_plain(x, k, 1, 1)
