@@ -12,7 +12,7 @@ SND and IM on the target predictions, and DEV.
 Each shift also gets the **zero-weight control** ``dann_weight0``: the DANN recipe with
 ``loss.dann=0`` (source cross-entropy, target batches seen only by BatchNorm, the same
 continued training from the source warm-up). It is a row of the method table and a
-column of the selection table ("vs control"), never a selection candidate: it tells how
+column of the selection table ("vs dann_weight0"), never a selection candidate: it tells how
 much of a method's gain is target BatchNorm statistics plus training, not adaptation.
 
     .venv/bin/python scripts/da_results.py --shifts fmnist_mnistm,fmnist_invert \\
@@ -85,7 +85,6 @@ def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Pat
     """Proxy A-distance of every method and, for ``seed``, t-SNE plots and per-class target
     accuracy of source_only and of the method IM picks (features: the final predictions)."""
     from jtl.analysis import per_class_table, proxy_a_distance, tsne_plot  # noqa: PLC0415
-    from jtl.select import METHODS as SELECTION  # noqa: PLC0415
 
     def preds(method, label):
         r = next(r for r in by_method[method] if r["seed"] == seed)
@@ -99,10 +98,7 @@ def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Pat
         if any(r["seed"] == seed for r in by_method[method]):
             d = proxy_a_distance(preds(method, "source_val")["features"], preds(method, "target_test")["features"])
             lines.append(f"| {method} | {d:.3f} |")
-    sign = 1 if SELECTION["im"].higher_is_better else -1
-    picked = max((m for m in by_method
-                  if m != "source_only" and m not in CONTROLS and any(r["seed"] == seed for r in by_method[m])),
-                 key=lambda m: sign * next(r["im"] for r in by_method[m] if r["seed"] == seed), default=None)
+    picked = choose({m: rs for m, rs in by_method.items() if m != "source_only"}, seed, "im")
     lines.append("")
     for method in ["source_only"] + ([picked] if picked else []):
         sv, tg = preds(method, "source_val"), preds(method, "target_test")
