@@ -8,10 +8,6 @@ convolution elsewhere) and ``max_pool_3x3_s2`` (custom gradient) must agree with
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +17,6 @@ from jtl.models import create_model
 from jtl.models import layers as L
 from script_helpers import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
 RTOL = 1e-5
 
 # (kernel, stride, padding, input size): every convolution ResNet-18/50 and the CIFAR ResNets
@@ -114,11 +109,7 @@ def test_model_train_step_gradients_match_plain(name, size, monkeypatch):
 
 def _torch_ref_models():
     pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("torch_ref_models", ROOT / "scripts" / "torch_ref_models.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("torch_ref_models", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("torch_ref_models")
 
 
 def _count(tree) -> int:
