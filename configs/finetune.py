@@ -1,16 +1,22 @@
 """Transfer within Fashion-MNIST: source task = classes 0-4, target task = classes 5-9.
 
-Recipes (ARG): ``source`` pretrains a small ResNet on the source task;
-``finetune`` trains all of it on the target task starting from ``model.init``;
-``scratch`` trains the same model on the target from random weights;
+ARG = ``RECIPE`` or ``RECIPE,limit=N``. Recipes: ``source`` pretrains a small ResNet
+on the source task; ``finetune`` trains all of it on the target task starting from
+``model.init``; ``scratch`` trains the same model on the target from random weights;
 ``linear_probe`` fits a linear classifier on the frozen pretrained features.
-``data.limit`` sets the target label budget (0 = all 30,000 images).
+
+``limit=N`` is the target label budget (``data.limit``, a seeded subset of N images;
+0 = all 30,000) with a batch that fits it: ``batch_size = min(128, N // 2)``, so an
+epoch has at least two batches (50 at 100 labels, as ``make demo``; 128 from 256 labels
+up). Setting ``--config.data.limit=N`` by hand instead keeps batch 128, so below 128
+labels pass a batch too (``--config.batch_size=50``); a batch larger than the
+labelled set is refused.
 
     jtl train --config configs/finetune.py:source --workdir runs/source
-    jtl train --config configs/finetune.py:finetune --workdir runs/ft100 \\
-        --config.model.init=runs/source --config.data.limit=100
-    jtl train --config configs/finetune.py:linear_probe --workdir runs/lp100 \\
-        --config.model.init=runs/source --config.data.limit=100
+    jtl train --config configs/finetune.py:finetune,limit=100 --workdir runs/ft100 \\
+        --config.model.init=runs/source
+    jtl train --config configs/finetune.py:linear_probe,limit=100 --workdir runs/lp100 \\
+        --config.model.init=runs/source
 
 ``make demo`` runs all of them at budgets 100 / 1,000 / all and prints the table
 (README, "The main job").
@@ -21,7 +27,19 @@ import ml_collections
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
 
+def batch_size_for(limit: int) -> int:
+    """The batch of a label budget: 128, or half the budget when that is smaller (0 = all labels)."""
+    return 128 if limit <= 0 else max(1, min(128, limit // 2))
+
+
 def get_config(arg: str = "source"):
+    arg, *rest = (arg or "source").split(",")
+    opts = dict(r.split("=", 1) if "=" in r else (r, "") for r in rest)
+    if set(opts) - {"limit"}:
+        raise ValueError(f"unknown option(s) {sorted(set(opts) - {'limit'})}: ARG is RECIPE or RECIPE,limit=N")
+    limit = int(opts.get("limit", 0))
+    if limit < 0:
+        raise ValueError(f"limit={limit}: give a label budget N >= 0 (0 = all labels)")
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict({"name": "cifar_resnet8", "num_classes": 5, "init": ""})
     c.data = ml_collections.ConfigDict({
@@ -32,8 +50,9 @@ def get_config(arg: str = "source"):
         "channels": 1,
         "normalize": "dataset",
         "augment": ("flip",),
+        "limit": limit,
     })
-    c.batch_size = 128
+    c.batch_size = batch_size_for(limit)
     c.eval_batch_size = 500
     c.optim = ml_collections.ConfigDict({"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                                          "schedule": "cosine", "warmup_steps": 20})

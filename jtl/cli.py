@@ -67,7 +67,10 @@ def _leaves(tree):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jtl import __version__  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(prog="jtl", description="transfer learning and domain adaptation in JAX")
+    parser.add_argument("--version", action="version", version=f"jtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_port(sub)
     from jtl.train.commands import add_parsers as add_train  # noqa: PLC0415

@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -887,16 +886,9 @@ def collect(dirs: Sequence[str | os.PathLike], *, metric: str | None = None, gro
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from jtl.fileio import atomic_write_text  # noqa: PLC0415
+
+    atomic_write_text(path, text)  # atomic, and readable as the umask allows (not mkstemp's 0600)
 
 
 def _split_list(values: Sequence[str] | None) -> list[str] | None:

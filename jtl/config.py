@@ -22,6 +22,11 @@ from jtl.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict
 
+# Seeds derive jax keys as seed + 1 (int32) and numpy generators (non-negative): 0..2^31-2.
+SEED_MAX = 2**31 - 2
+# Keys of an eval split's metrics (higher is better for each); best_metric is "LABEL/KEY".
+EVAL_KEYS = ("top1", "top5", "macro_precision", "macro_recall", "macro_f1")
+
 
 def defaults() -> ConfigDict:
     """Every key a run understands, with its default."""
@@ -58,6 +63,7 @@ def defaults() -> ConfigDict:
     c.data.normalize = "dataset"  # "imagenet" for ported weights, "dataset", or "none"
     c.data.augment = ()  # e.g. ("flip", "crop", "jitter")
     c.data.val_fraction = 0.0  # carve a seeded, stratified "val" split out of "train"
+    c.data.on_error = "raise"  # an unreadable image in a folder dataset: "raise" or "skip" (warn, drop it)
 
     c.optim = ConfigDict()
     c.optim.name = "sgd"  # sgd | adam | adamw
@@ -212,6 +218,26 @@ def _coerce(name: str, old: Any, value: Any) -> Any:
     raise ConfigError(f"config key {name!r} must be {type(old).__name__}, got {type(value).__name__} {value!r}")
 
 
+def parse_eval(entries) -> dict[str, tuple[str, str]]:
+    """``data.eval`` as {label: (dataset name, split)}: ``"NAME:SPLIT"`` is labelled SPLIT,
+    ``"LABEL=NAME:SPLIT"`` LABEL; e.g. ``("test=fashion_mnist:test", "digits:val")``."""
+    out = {}
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ConfigError(f"data.eval entry {entry!r} must be NAME:SPLIT or LABEL=NAME:SPLIT")
+        label, sep, spec = entry.partition("=")
+        if not sep:
+            label, spec = "", entry
+        name, sep, split = spec.rpartition(":")
+        if not sep or not name:
+            raise ConfigError(f"data.eval entry {entry!r} must be NAME:SPLIT or LABEL=NAME:SPLIT")
+        label = label or split
+        if label in out:
+            raise ConfigError(f"two data.eval entries are labelled {label!r}; write LABEL=NAME:SPLIT")
+        out[label] = (name, split)
+    return out
+
+
 def validate(c: ConfigDict) -> None:
     """Range checks that types alone do not catch."""
     def need(ok: bool, msg: str):
@@ -219,6 +245,7 @@ def validate(c: ConfigDict) -> None:
             raise ConfigError(msg)
 
     need(c.recipe in ("train", "linear_probe"), f"recipe must be train or linear_probe, got {c.recipe!r}")
+    need(0 <= c.seed <= SEED_MAX, f"seed must be an integer in 0..{SEED_MAX}, got {c.seed}")
     need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}")
     need(c.eval_batch_size > 0, f"eval_batch_size must be positive, got {c.eval_batch_size}")
     need(c.total_steps > 0, f"total_steps must be positive, got {c.total_steps}")
@@ -232,6 +259,18 @@ def validate(c: ConfigDict) -> None:
     need(c.optim.name in ("sgd", "adam", "adamw"), f"optim.name must be sgd, adam or adamw, got {c.optim.name!r}")
     need(c.optim.schedule in ("constant", "cosine", "step", "inv"),
          f"optim.schedule must be constant, cosine, step or inv, got {c.optim.schedule!r}")
+    if c.optim.name == "sgd":
+        need(math.isfinite(c.optim.momentum) and 0 <= c.optim.momentum < 1,
+             f"optim.momentum must be in [0, 1) (0 = plain SGD), got {c.optim.momentum}")
+    need(0 <= c.optim.warmup_steps < c.total_steps,
+         f"optim.warmup_steps={c.optim.warmup_steps} must be >= 0 and less than total_steps={c.total_steps}")
+    need(c.data.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {c.data.on_error!r}")
+    labels = parse_eval(c.data.eval)
+    if c.best_metric:
+        label, _, key = c.best_metric.rpartition("/")
+        need(label in labels and key in EVAL_KEYS,
+             f"best_metric {c.best_metric!r} must be LABEL/KEY with LABEL a data.eval label "
+             f"({', '.join(labels) or 'none'}) and KEY one of {', '.join(EVAL_KEYS)}; '' for none")
     need(c.compute_dtype in ("float32", "bfloat16"), f"compute_dtype must be float32 or bfloat16, got {c.compute_dtype!r}")
     need(c.data.normalize in ("imagenet", "dataset", "none"),
          f"data.normalize must be imagenet, dataset or none, got {c.data.normalize!r}")

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         seq_first = []
         for cfg, wd in zip(cfgs, seq_dirs):
-            seq_first.append(Trainer(cfg, wd).run()["time_to_first_step_s"])
+            seq_first.append(Trainer(cfg, wd).run()["first_step_s"])
         seq = time.perf_counter() - t
         t = time.perf_counter()
         vec_summary = VectorTrainer(cfgs, vec_dirs).run()
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         print(json.dumps({
             "k": k, "sequential_s": round(seq, 1), "vectorized_s": round(vec, 1), "ratio": round(seq / vec, 2),
             "sequential_first_step_s_total": round(sum(seq_first), 1),
-            "vectorized_first_step_s": round(vec_summary[0]["time_to_first_step_s"], 1),
+            "vectorized_first_step_s": round(vec_summary[0]["first_step_s"], 1),
             "steady_step_ms_sequential_k_runs": round(1e3 * seq_step, 1), "steady_step_ms_vectorized": round(1e3 * vec_step, 1),
             "steady_ratio": round(seq_step / vec_step, 2),
         }), flush=True)

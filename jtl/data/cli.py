@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from jtl.config import SEED_MAX
 from jtl.data import loading, spec as spec_lib
 from jtl.errors import DataError
+from jtl.fileio import atomic_open
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,16 +38,49 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# What each load() option must be: (check, description). loading.load checks ranges and meaning.
+_OPTION_TYPES = {
+    "classes": (lambda v: isinstance(v, (tuple, list)) and all(_is_int(c) for c in v), "a tuple of class ids, e.g. (5,6)"),
+    "limit": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "seed": (lambda v: _is_int(v) and 0 <= v <= SEED_MAX, f"an integer in 0..{SEED_MAX}"),
+    "val_fraction": (lambda v: _is_int(v) or isinstance(v, float), "a number in [0, 1)"),
+    "test_fraction": (lambda v: _is_int(v) or isinstance(v, float), "a number in [0, 1)"),
+    "on_error": (lambda v: v in ("raise", "skip"), "raise or skip"),
+    "download": (lambda v: isinstance(v, bool), "True or False"),
+    "backgrounds": (lambda v: isinstance(v, str), "a path"),
+    "data_dir": (lambda v: isinstance(v, str), "a path"),
+    "image_key": (lambda v: isinstance(v, str), "a feature name"),
+    "label_key": (lambda v: isinstance(v, str), "a feature name"),
+}
+
+
+def check_option(key: str, value) -> None:
+    """Refuse an unknown ``load()`` option or a value of the wrong type, in one line."""
+    if key not in loading.OPTIONS:
+        raise DataError(f"unknown option {key!r}; known: {', '.join(sorted(loading.OPTIONS))}")
+    ok, what = _OPTION_TYPES.get(key, (lambda v: True, ""))
+    if not ok(value):
+        raise DataError(f"option {key} must be {what}, got {value!r}")
+
+
 def _options(pairs: list[str], seed: int) -> dict:
+    if not _OPTION_TYPES["seed"][0](seed):
+        raise DataError(f"--seed must be an integer in 0..{SEED_MAX}, got {seed}")
     out = {"seed": seed}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise DataError(f"option {pair!r} must look like KEY=VALUE")
+        key = key.strip()
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             out[key] = value
+        check_option(key, out[key])
     return out
 
 
@@ -74,6 +107,8 @@ def _rows(names: list[str], split: str, n: int, seed: int, options: dict) -> lis
 
 def show(names: list[str], out: str, split: str = "train", n: int = 8, seed: int = 0, **options) -> Path:
     """Draw ``n`` samples per domain (rows) to the PNG ``out``; returns its path."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"--n (samples per row) must be a positive integer, got {n!r}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,16 +132,13 @@ def show(names: list[str], out: str, split: str = "train", n: int = 8, seed: int
         axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out_path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, out_path)
+        with atomic_open(out_path, "wb") as fh:  # readable as the umask allows
+            fig.savefig(fh, dpi=100, format="png")
+    except OSError as e:
+        raise DataError(f"cannot write {out_path} ({e.strerror or type(e).__name__}); choose another --out") from None
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out_path
 
 

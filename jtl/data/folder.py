@@ -1,6 +1,11 @@
-"""Image folders ``root/<class>/*.jpg|jpeg|png``: classes are the sorted sub-directory names.
+"""Image folders ``root/<class>/<image files>``: classes are the sorted sub-directory names.
 
-Images are decoded with PIL and converted to RGB (C=3); sizes may vary. A file PIL
+Every sub-directory (but hidden ones) is a class, also one that holds no image: the class
+list of a folder is its directory names, so labels stay attached to names
+(:mod:`jtl.data.classes` maps other datasets onto a run's classes by name).
+
+Images (``EXTENSIONS``) are decoded to RGB (C=3) by :func:`jtl.data.decode.decode_image`,
+which decodes every mode faithfully or refuses it; sizes may vary. A file PIL
 cannot open is found when the folder is scanned, one that fails later while decoding
 when it is read; either way ``on_error="raise"`` raises a DataError naming the file and
 ``on_error="skip"`` warns with its path, drops it (scan) or serves the next readable
@@ -16,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from jtl.data.decode import decode_image
 from jtl.errors import DataError
 
-EXTENSIONS = (".jpg", ".jpeg", ".png")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def scan(root: str, on_error: str = "raise") -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
@@ -35,13 +41,12 @@ def _scan(root: str, on_error: str, stamp: tuple) -> tuple[tuple[str, ...], tupl
     del stamp  # part of the cache key only: a changed folder is scanned again
     path = Path(root)
     classes, files, labels = [], [], []
-    for d in sorted(p for p in path.iterdir() if p.is_dir()):
+    for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found = sorted(str(f) for f in d.iterdir() if f.suffix.lower() in EXTENSIONS and f.is_file())
         good = [f for f in found if _opens(f, on_error)]
-        if good:
-            labels += [len(classes)] * len(good)
-            classes.append(d.name)
-            files += good
+        labels += [len(classes)] * len(good)  # a class directory without images is still a class
+        classes.append(d.name)
+        files += good
     if not files:
         raise DataError(f"image folder {root} has no {root}/<class>/*.jpg|png files")
     return tuple(classes), tuple(files), np.asarray(labels, np.int32)
@@ -59,12 +64,14 @@ def _opens(f: str, on_error: str) -> bool:
 
 def _report(f: str, e: Exception, on_error: str) -> None:
     if on_error == "raise":
-        raise DataError(f"unreadable image {f} ({type(e).__name__}: {e}); fix or delete it, or pass on_error='skip'")
+        raise DataError(f"unreadable image {f} ({type(e).__name__}: {e}); fix or delete it, or skip unreadable images with on_error='skip' "
+                        "(jtl train: --config.data.on_error=skip; jtl data: -o on_error=skip)")
     warnings.warn(f"skipping unreadable image {f}: {type(e).__name__}: {e}", stacklevel=4)
 
 
 class Reader:
-    """``reader(i) -> uint8 (H, W, 3)`` for file i, or None for an unreadable file when skipping."""
+    """``reader(i) -> uint8 (H, W, 3)`` for file i (:func:`jtl.data.decode.decode_image`), or None for an
+    unreadable or refused file when skipping."""
 
     def __init__(self, files: tuple[str, ...], on_error: str):
         self.files, self.on_error = files, on_error
@@ -74,9 +81,8 @@ class Reader:
         if i in self.bad:
             return None
         try:
-            with Image.open(self.files[i]) as im:
-                return np.asarray(im.convert("RGB"))
-        except Exception as e:  # noqa: BLE001
+            return decode_image(self.files[i], 3)
+        except Exception as e:  # noqa: BLE001 - DataError from decoding, or anything else reading the file
             _report(self.files[i], e, self.on_error)
             self.bad.add(i)
             return None

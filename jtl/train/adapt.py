@@ -40,6 +40,7 @@ from jtl.models import create_model
 from jtl.models.heads import Bottleneck, MLPHead
 from jtl.models.layers import Dense
 from jtl.optim import make_optimizer, make_schedule
+from jtl.progress import phase, say
 from jtl.train.pieces import Context, get_piece, register
 from jtl.train.state import TrainState
 
@@ -286,7 +287,8 @@ class AdaptationTask:
 
     def __init__(self, cfg, mesh):
         from jtl.train.tasks import (  # noqa: PLC0415
-            check_divisible, check_num_classes, eval_iterators, load_source, normalization_of, train_iterator)
+            check_batch_fits, check_divisible, check_num_classes, eval_iterators, load_source, normalization_of,
+            run_classes, train_iterator)
 
         self.cfg, a = cfg, cfg.adapt
         check_divisible(cfg, mesh)
@@ -297,11 +299,7 @@ class AdaptationTask:
         names = [n for n, _ in cfg.loss]
         for n in names:
             get_piece(n)
-        discs = [n for n in names if n in DISC_PIECES]
-        if len(discs) > 1:
-            raise ConfigError(f"loss pieces {discs} would share one discriminator; use one of them per run")
-        heads = tuple(h for h, need in (("disc", bool(discs)), ("adv", "mdd" in names), ("head2", "mcd" in names))
-                      if need)
+        heads = heads_of(names)
         self.structure = "mcd" if "mcd" in names else "single"
         # Source-only training must not see the target, not even through BatchNorm statistics.
         self.uses_target = any(n not in ("ce", "ce2") for n in names)
@@ -309,12 +307,19 @@ class AdaptationTask:
         self.head_regex = r"^(?!backbone/)"
         src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
         check_num_classes(cfg, src)
-        tgt = jdata.load(a.target, a.target_split, seed=cfg.seed, **_classes(cfg))
-        src_it = train_iterator(cfg, src, None if cfg.data.normalize == "none" else cfg.data.normalize)
+        check_batch_fits(cfg, src)
+        self.classes = run_classes(cfg, src)
+        # The target's labels are never trained on; they are mapped by name so that target
+        # evaluation and analysis see the run's labels (a partial target is fine).
+        with phase(f"loading {a.target}:{a.target_split}"):
+            tgt = self.classes.align(jdata.load(a.target, a.target_split, seed=cfg.seed,
+                                                on_error=cfg.data.get("on_error", "raise")))
+        with phase("normalisation statistics" if cfg.data.normalize == "dataset" else "input pipeline"):
+            src_it = train_iterator(cfg, src, None if cfg.data.normalize == "none" else cfg.data.normalize)
         stats = (src_it.mean, src_it.std)  # the target is normalised like the source
         self.train_iterator = jdata.paired_iterator(src_it, train_iterator(cfg, tgt, stats))
         self.normalization = normalization_of(cfg, src_it)
-        self.eval_iterators = eval_iterators(cfg, stats)
+        self.eval_iterators = eval_iterators(cfg, stats, self.classes)
         self.images_per_step = (2 if self.uses_target else 1) * cfg.batch_size
 
         dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
@@ -423,8 +428,12 @@ class AdaptationTask:
         return step
 
 
-def _classes(cfg) -> dict:
-    return {"classes": tuple(cfg.data.classes)} if cfg.data.classes else {}
+def heads_of(names: Sequence[str]) -> tuple[str, ...]:
+    """The extra heads the loss pieces ``names`` need: ``disc``, ``adv`` (MDD), ``head2`` (MCD)."""
+    discs = [n for n in names if n in DISC_PIECES]
+    if len(discs) > 1:
+        raise ConfigError(f"loss pieces {discs} would share one discriminator; use one of them per run")
+    return tuple(h for h, need in (("disc", bool(discs)), ("adv", "mdd" in names), ("head2", "mcd" in names)) if need)
 
 
 def _only(cfg, trainable: str):
@@ -441,16 +450,20 @@ def _load_backbone(cfg, variables):
     from jtl.train.tasks import pretrained_variables  # noqa: PLC0415
     from jtl.weights import merge_pretrained  # noqa: PLC0415
 
-    pre = pretrained_variables(cfg)
+    with phase(f"loading model.init {cfg.model.init}"):
+        pre = pretrained_variables(cfg)
     if "backbone" in pre["params"]:
         # Another adaptation run (the source warm-up): keep its backbone, bottleneck and
         # classifier; the method's extra heads start fresh, and so do a bottleneck and
         # classifier of another width (the bottleneck ablation starts from one warm-up).
-        merged, _ = merge_pretrained(variables, pre, reinit=r"^(params|batch_stats)/(disc|adv|head2|bottleneck|head)/")
+        merged, report = merge_pretrained(variables, pre,
+                                          reinit=r"^(params|batch_stats)/(disc|adv|head2|bottleneck|head)/")
+        say(f"model.init {cfg.model.init}: {report.summary()}")
         return merged
     pretrained = {"params": {"backbone": pre["params"]}, "batch_stats": {"backbone": pre["batch_stats"]}}
-    merged, _ = merge_pretrained(variables, pretrained,
-                                 reinit=r"^(params|batch_stats)/(?!backbone/)|^(params|batch_stats)/backbone/fc/")
+    merged, report = merge_pretrained(variables, pretrained,
+                                      reinit=r"^(params|batch_stats)/(?!backbone/)|^(params|batch_stats)/backbone/fc/")
+    say(f"model.init {cfg.model.init}: {report.summary()}")
     return merged
 
 

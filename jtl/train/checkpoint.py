@@ -131,13 +131,18 @@ class Checkpoints:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 2, best_metric: str = "", async_save: bool = True):
         self.directory = Path(directory).absolute()
         policies = [cm.LatestN(n=max(keep, 1))]
+        best = {}
         if best_metric:
-            policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
+            # Higher is better. BestN keeps the n checkpoints that sort last (reverse=False), and
+            # best_fn makes orbax store each checkpoint's metrics so best_step() can read them back.
+            policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric], reverse=False, n=1,
                                      keep_checkpoints_without_metrics=False))
+            best = dict(best_fn=lambda m: m[best_metric], best_mode="max", keep_checkpoints_without_metrics=False)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=cm.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
+            **best,
         )
         self.best_metric = best_metric
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
@@ -208,22 +213,37 @@ class Checkpoints:
         self.manager.close()
 
 
-def restore_variables(workdir: str | os.PathLike, which: str = "best") -> dict:
-    """``{"params", "batch_stats"}`` of a finished run (its best checkpoint, else its latest)."""
+def restore_variables(workdir: str | os.PathLike, which: str = "best", *, strict: bool = False) -> dict:
+    """``{"params", "batch_stats", "step"}`` of a run: ``which="latest"`` its newest checkpoint,
+    ``"best"`` its best by the run's ``best_metric`` (read from its ``config.json``), else its
+    newest, or with ``strict`` a one-line error when the run has no best checkpoint.
+
+    Reads only: a read-only run directory works, and nothing is moved or written.
+    """
     ckpt_dir = Path(workdir).absolute() / "checkpoints"
     if not ckpt_dir.is_dir():
         raise JtlError(f"{workdir} has no checkpoints/ (not a jtl run directory)")
+    metric = _best_metric_of(workdir) if which == "best" else ""
     from absl import logging as absl_logging  # noqa: PLC0415
 
     level = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # read-only managers warn about being read-only
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    if metric:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=lambda m: m[metric],
+                                               best_mode="max", keep_checkpoints_without_metrics=False)
     try:
-        mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"),
-                                     options=ocp.CheckpointManagerOptions(read_only=True))
+        mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"), options=options)
     finally:
         absl_logging.set_verbosity(level)
+    if strict and which == "best":
+        best = mngr.best_step() if metric else None
+        if best is None:
+            mngr.close()
+            why = "it sets no best_metric" if not metric else f"no checkpoint has a {metric} value"
+            raise JtlError(f"{workdir} has no best checkpoint ({why}); use --checkpoint latest")
     try:
-        best = mngr.best_step() if which == "best" else None
+        best = mngr.best_step() if metric else None
         order = ([best] if best is not None else []) + sorted((s for s in mngr.all_steps() if s != best), reverse=True)
         if not order:
             raise JtlError(f"{ckpt_dir} holds no complete checkpoint")
@@ -241,3 +261,13 @@ def restore_variables(workdir: str | os.PathLike, which: str = "best") -> dict:
         mngr.close()
     as_np = lambda t: jax.tree.map(np.asarray, t)
     return {"params": as_np(restored["params"]), "batch_stats": as_np(restored["batch_stats"]), "step": step}
+
+
+def _best_metric_of(workdir) -> str:
+    """The ``best_metric`` a run was configured with ('' if none or unknown)."""
+    import json  # noqa: PLC0415
+
+    try:
+        return str(json.loads((Path(workdir) / "config.json").read_text()).get("best_metric", "") or "")
+    except (OSError, ValueError):
+        return ""

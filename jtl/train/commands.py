@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train or resume a run", description="train --config FILE[:ARG] --workdir DIR "
                        "[--config.KEY=VALUE ...]")
     p.add_argument("--config", required=True, help="config file, e.g. configs/finetune.py:scratch")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", help="the run's directory (required unless --print-config)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _add_distributed(p)
     p.set_defaults(handler=cmd_train, accepts_overrides=True)
 
@@ -44,11 +46,17 @@ def _add_distributed(p) -> None:
 def cmd_train(args) -> int:
     from jtl.distributed import initialize_from_env, is_writer  # noqa: PLC0415
 
-    initialize_from_env(args.coordinator, args.num_processes, args.process_id)  # before anything touches JAX
     from jtl.config import load_config  # noqa: PLC0415
-    from jtl.train.loop import train  # noqa: PLC0415
 
     cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(json.loads(cfg.to_json_best_effort()), indent=2, sort_keys=True))  # as config.json
+        return 0
+    if not args.workdir:
+        raise JtlError("jtl train needs --workdir DIR (the run's directory)")
+    initialize_from_env(args.coordinator, args.num_processes, args.process_id)  # before anything touches JAX
+    from jtl.train.loop import train  # noqa: PLC0415
+
     summary = train(cfg, args.workdir)
     if not is_writer():
         return 0
@@ -58,29 +66,18 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _run_config(workdir: str):
-    from jtl.config import resolve  # noqa: PLC0415
+def _eval_source(run, spec: str):
+    """The dataset of ``--split``: a ``data.eval`` label of the run, or NAME:SPLIT."""
+    from jtl.train.tasks import load_source, parse_eval  # noqa: PLC0415
 
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise JtlError(f"{workdir} is not a jtl run directory (no config.json)")
-    from jtl.train.runinfo import read_config_json  # noqa: PLC0415
-
-    return resolve(read_config_json(path))
-
-
-def _trainer(workdir: str):
-    from jtl.train.loop import Trainer  # noqa: PLC0415
-
-    return Trainer(_run_config(workdir), workdir)
-
-
-def _restored(trainer, which: str):
-    step = trainer.ckpt.best_step() if which == "best" else None
-    state, _, step = trainer.restore(step)
-    if step is None:
-        raise JtlError(f"{trainer.workdir} has no checkpoint yet; train first")
-    return state, step
+    labels = parse_eval(run.cfg.data.eval)
+    if spec in labels:
+        name, split = labels[spec]
+    else:
+        name, sep, split = spec.rpartition(":")
+        if not sep or not name:
+            raise JtlError(f"--split {spec!r} is neither a data.eval label ({', '.join(labels)}) nor NAME:SPLIT")
+    return load_source(run.cfg, name, split, budget=False, classes=run.classes)
 
 
 def cmd_eval(args) -> int:
@@ -88,75 +85,60 @@ def cmd_eval(args) -> int:
 
     initialize_from_env(args.coordinator, args.num_processes, args.process_id)
     from jtl.train import runinfo  # noqa: PLC0415
-    from jtl.train.tasks import load_source  # noqa: PLC0415
+    from jtl.train.inference import RunModel  # noqa: PLC0415
 
-    trainer = _trainer(args.workdir)
-    state, step = _restored(trainer, args.checkpoint)
-    splits = trainer.task.eval_iterators
-    if args.split in splits:
-        chosen = {args.split: splits[args.split]}
-    else:
-        name, sep, split = args.split.rpartition(":")
-        if not sep:
-            raise JtlError(f"--split {args.split!r} is neither a data.eval label ({', '.join(splits)}) nor NAME:SPLIT")
-        import jax  # noqa: PLC0415
-
-        from jtl import data as jdata  # noqa: PLC0415
-
-        cfg, norm = trainer.cfg, trainer.task.normalization
-        src = load_source(cfg, name, split, budget=False)
-        chosen = {args.split: lambda: jdata.make_iterator(
-            src, batch_size=cfg.eval_batch_size // jax.process_count(), seed=cfg.seed, train=False,
-            normalize=(norm["mean"], norm["std"]), image_size=norm["image_size"], channels=norm["channels"],
-            process_index=jax.process_index(), process_count=jax.process_count(), output="uint8")}
-    result = trainer.evaluate(state, chosen)[args.split]
+    run = RunModel(args.workdir, args.checkpoint)
+    result = run.evaluate(_eval_source(run, args.split))
     safe = args.split.replace("/", "_").replace(":", "_")
-    runinfo.write_json(trainer.workdir / f"eval_{safe}_step{step}.json", {"step": step, **result})
+    path = run.workdir / f"eval_{safe}_step{run.step}.json"
+    try:
+        runinfo.write_json(path, {"step": run.step, "checkpoint": args.checkpoint, **result})
+    except OSError as e:  # a read-only run directory: the result is still printed
+        print(f"jtl: note: {path.name} not written ({e.strerror}); the result is below", file=sys.stderr)
     if is_writer():
         keys = ("top1", "top5", "macro_precision", "macro_recall", "macro_f1", "count")
-        print(json.dumps({"split": args.split, "step": step, **{k: result[k] for k in keys}}))
+        per_class = {name: round(acc, 4) for name, acc, n in
+                     zip(run.classes.names, result["per_class_accuracy"], result["class_support"]) if n}
+        print(json.dumps({"split": args.split, "step": run.step, "checkpoint": args.checkpoint,
+                          **{k: result[k] for k in keys}, "per_class_accuracy": per_class}))
     return 0
 
 
-def load_images(paths, image_size: int, channels: int, mean, std) -> np.ndarray:
-    """Read image files as the eval pipeline sees them: resized, channel-matched, normalised."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+def load_images(paths, image_size: int, channels: int) -> np.ndarray:
+    """Image files exactly as the eval pipeline sees an image folder's: decoded to RGB
+    (:mod:`jtl.data.decode`), resized by :func:`jtl.data.augment.geometric`, converted to the
+    run's channels; uint8 (N, S, S, C)."""
+    from jtl.data import augment  # noqa: PLC0415
+    from jtl.data.decode import decode_image  # noqa: PLC0415
+    from jtl.errors import DataError  # noqa: PLC0415
 
-    out = []
+    images = []
     for p in paths:
+        if not Path(p).is_file():
+            raise JtlError(f"image not found: {p}")
         try:
-            with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((image_size, image_size), Image.BILINEAR)
-                x = np.asarray(im, np.float32) / 255.0
-        except FileNotFoundError:
-            raise JtlError(f"image not found: {p}") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise JtlError(f"{p}: not a readable image ({type(e).__name__})") from None
-        x = x[..., None] if x.ndim == 2 else x
-        out.append((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
-    return np.stack(out)
+            images.append(decode_image(p, channels=3))
+        except DataError as e:
+            raise JtlError(str(e)) from None
+    x = augment.to_channels(augment.geometric(images, image_size, {}, None), channels)
+    return x if x.dtype == np.uint8 else np.round(x).astype(np.uint8)
 
 
 def cmd_predict(args) -> int:
-    import jax  # noqa: PLC0415
+    from jtl.train.inference import RunModel  # noqa: PLC0415
 
-    from jtl import data as jdata  # noqa: PLC0415
-
-    trainer = _trainer(args.workdir)
-    state, _ = _restored(trainer, args.checkpoint)
-    norm = trainer.task.normalization
-    x = load_images(args.images, norm["image_size"], norm["channels"], norm["mean"], norm["std"])
-    out, _ = trainer.task.forward(jax.device_get(state.variables), {"image": x}, False)
-    probs = np.asarray(jax.nn.softmax(out["logits"].astype(np.float32), -1))
-    try:
-        names = list(jdata.info(trainer.cfg.data.train).class_names)
-    except Exception:  # noqa: BLE001 - names are a nicety; indices always work
-        names = []
-    if trainer.cfg.data.classes and names:
-        names = [names[c] for c in trainer.cfg.data.classes]
+    if args.top_k < 1:
+        raise JtlError(f"--top-k must be at least 1, got {args.top_k}")
+    run = RunModel(args.workdir, args.checkpoint)
+    norm = run.normalization
+    x = load_images(args.images, norm["image_size"], norm["channels"])
+    logits = run.logits(x).astype(np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    names = run.classes.names
     k = min(args.top_k, probs.shape[-1])
     for path, p in zip(args.images, probs):
-        top = np.argsort(-p)[:k]
+        top = np.argsort(-p, kind="stable")[:k]
         shown = ", ".join(f"{names[i] if i < len(names) else i} {p[i]:.3f}" for i in top)
         print(f"{path}: {shown}")
     return 0

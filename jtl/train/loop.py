@@ -25,7 +25,8 @@ import numpy as np
 
 from jtl.distributed import global_rows, is_writer
 from jtl.errors import DataError, JtlError
-from jtl.train import runinfo
+from jtl.progress import phase, process_age_s, say
+from jtl.train import lock, record, runinfo
 from jtl.train.checkpoint import Checkpoints
 from jtl.train.metrics import SCALAR_KEYS, classification_metrics
 from jtl.train.steps import build_step, jit_train_step, make_eval_step, make_mesh, shard_batch
@@ -103,14 +104,27 @@ class Trainer:
 
         enable_compilation_cache()
         self.cfg, self.workdir = cfg, Path(workdir).absolute()
-        runinfo.prepare_workdir(self.workdir, cfg)
-        self.mesh = make_mesh()
-        self.task = task or build_task(cfg, self.mesh, self.workdir)
+        self._locks = [lock.acquire(self.workdir)]
+        try:
+            runinfo.prepare_workdir(self.workdir, cfg)
+            self.mesh = make_mesh()
+            self.task = task or build_task(cfg, self.mesh, self.workdir)
+            if hasattr(self.task, "classes"):
+                record.write(self.workdir, cfg, self.task)
+        except BaseException:
+            self.release()
+            raise
         self.train_step = jit_train_step(build_step(self.task, cfg), self.mesh)
         self.eval_step = make_eval_step(self.task.forward, self.mesh)
         self.ckpt = Checkpoints(self.workdir / "checkpoints", keep=cfg.keep_checkpoints, best_metric=cfg.best_metric)
         self.members = [Member(cfg, self.workdir, self.ckpt)]
         self.images_per_step = self.task.images_per_step
+
+    def release(self) -> None:
+        """Unlock the workdir(s) (done when :meth:`run` ends)."""
+        for key in self._locks:
+            lock.release(key)
+        self._locks = []
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, state, splits: dict | None = None, step: int | None = None) -> dict[str, dict]:
@@ -186,7 +200,7 @@ class Trainer:
         pending: list[dict] = []
         images = 0
         t_start = t_log = time.perf_counter()
-        first_step_s = None
+        first_step_s = since_process_start_s = None
         finished = False
         evaluated = None
         bar = _progress(cfg, start)
@@ -214,12 +228,16 @@ class Trainer:
         try:
             for step in range(start + 1, cfg.total_steps + 1):
                 batch = self._next_batch(step)
-                state, metrics = self.train_step(state, batch)
+                if first_step_s is None:
+                    with phase("compiling the train step and running step 1"):
+                        state, metrics = self.train_step(state, batch)
+                        jax.block_until_ready(metrics)
+                    first_step_s = time.perf_counter() - t_start
+                    since_process_start_s = process_age_s()
+                else:
+                    state, metrics = self.train_step(state, batch)
                 pending.append(metrics)
                 images += self.images_per_step
-                if first_step_s is None:
-                    jax.block_until_ready(metrics)
-                    first_step_s = time.perf_counter() - t_start
                 last = step == cfg.total_steps
                 rows: list[dict[str, Any]] = [{} for _ in members]
                 if last or (cfg.log_every and step % cfg.log_every == 0):
@@ -243,6 +261,8 @@ class Trainer:
                         for label, m in evaluated[i].items():
                             rows[i].update({f"{label}/{k}": m[k] for k in SCALAR_KEYS})
                             rows[i][f"{label}/per_class_accuracy"] = m["per_class_accuracy"]
+                    say(eval_line(step, cfg.total_steps, evaluated, [m.workdir.name for m in members]
+                                  if self.stacked else None))
                 for i, m in alive():
                     if rows[i]:
                         m.writer.write(step, rows[i])
@@ -275,7 +295,8 @@ class Trainer:
                     "final": final[i],
                     "best_step": m.ckpt.best_step(),
                     "wall_time_s": wall,
-                    "time_to_first_step_s": first_step_s,
+                    "time_to_first_step_s": since_process_start_s,  # from process start: what a user waits
+                    "first_step_s": first_step_s,  # from the loop's start: restore, first batch, compile, step 1
                     "resumed_from": latest,
                 }
                 if self.stacked:
@@ -292,10 +313,11 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self.release()
+            close_error = None
             for m in members:
                 if m.writer is not None:
-                    m.writer.close()
-            close_error = None
+                    close_error = close_error or m.writer.close()  # never raises; returns its OSError
             for m in members:
                 try:
                     m.ckpt.close()  # waits for an async save still being written
@@ -321,6 +343,16 @@ def record_eval(member: Member, label: str, step: int | None, logits, pooled, la
         np.savez(tmp, logits=logits, features=np.concatenate(pooled), labels=labels)
         os.replace(tmp, folder / f"{label}-{step}.npz")
     return result
+
+
+def eval_line(step: int, total: int, evaluated: list[dict], names: list[str] | None) -> str:
+    """``step 500/1000: val top1 0.9123 top5 0.9987 macro-F1 0.9101 (n=360)`` (per member in a sweep)."""
+    parts = []
+    for i, results in enumerate(evaluated):
+        who = f"[{names[i]}] " if names else ""
+        parts += [f"{who}{label} top1 {m['top1']:.4f} top5 {m['top5']:.4f} macro-F1 {m['macro_f1']:.4f} "
+                  f"(n={m['count']})" for label, m in results.items()]
+    return f"step {step}/{total}: " + ("; ".join(parts) if parts else "no eval splits")
 
 
 def _progress(cfg, start):

@@ -4,6 +4,8 @@ From the confusion matrix ``C[i, j]`` = #(label i, predicted j):
 per-class accuracy (recall) ``C_ii / sum_j C_ij``, precision ``C_ii / sum_i C_ij``,
 ``F1 = 2 P R / (P + R)`` (0 where undefined), macro averages over the classes that occur in the labels
 or the predictions.
+A class absent from the labels (a partial-set evaluation) has ``class_support`` 0: its
+per-class accuracy is undefined and reported as 0 in the list, so read the two together.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
         "macro_precision": float(precision[present].mean()),
         "macro_recall": float(recall[present].mean()),
         "macro_f1": float(f1[present].mean()),
-        "per_class_accuracy": recall.tolist(),
+        "per_class_accuracy": recall.tolist(),  # 0 for a class without examples: see class_support
+        "class_support": support.tolist(),  # examples per class; 0 = absent (partial-set evaluation)
         "confusion_matrix": cm.tolist(),
         "count": int(len(labels)),
     }

@@ -21,6 +21,7 @@ import numpy as np
 from jtl.errors import ConfigError, DataError
 from jtl.models import Dense
 from jtl.optim import make_optimizer, make_schedule
+from jtl.progress import phase
 from jtl.train.state import TrainState
 from jtl.train.tasks import ClassificationTask
 
@@ -81,8 +82,12 @@ class LinearProbeTask:
         if cfg.freeze:
             raise ConfigError("recipe 'linear_probe' trains only the linear head: leave freeze empty")
         backbone = ClassificationTask(cfg, mesh)  # the pretrained model on the same data
-        self.normalization = backbone.normalization
-        feats = self._extract(cfg, backbone, mesh, Path(workdir) / "features")
+        self.normalization, self.classes = backbone.normalization, backbone.classes
+        # The frozen backbone is part of the trained model: recorded in the run (backbone.npz),
+        # which then needs neither model.init nor the training data to evaluate or predict.
+        self.backbone_variables = jax.device_get(backbone.state.variables)
+        with phase("extracting features"):
+            feats = self._extract(cfg, backbone, mesh, Path(workdir) / "features")
         self.head_regex = r"^(?!)"  # no head/backbone split: every parameter is the classifier
         self.model = LinearHead(cfg.model.num_classes)
         train_f, train_y = feats.pop("__train__")

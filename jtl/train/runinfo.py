@@ -15,6 +15,7 @@ from pathlib import Path
 
 from jtl.distributed import is_writer
 from jtl.errors import JtlError
+from jtl.fileio import atomic_open
 
 CONFIG_FILE = "config.json"
 # Keys that may change between a run and its resumption without changing the results.
@@ -25,17 +26,25 @@ def write_json(path: str | os.PathLike, obj) -> None:
     """Write JSON atomically: a temporary file in the same directory, then rename (process 0 only)."""
     if not is_writer():
         return
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, make_parents=False) as f:  # readable as the umask allows, not mkstemp's 0600
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+
+
+def with_defaults(old: dict) -> dict:
+    """A config.json written before a key was added to :func:`jtl.config.defaults`, with that key's default."""
+    from jtl.config import defaults  # noqa: PLC0415
+
+    def fill(d: dict, base: dict) -> dict:
+        out = dict(d)
+        for k, v in base.items():
+            if k not in out:
+                out[k] = v
+            elif isinstance(v, dict) and isinstance(out[k], dict):
+                out[k] = fill(out[k], v)
+        return out
+
+    return fill(old, json.loads(defaults().to_json_best_effort()))
 
 
 def _comparable(d: dict) -> dict:
@@ -56,7 +65,7 @@ def prepare_workdir(workdir: Path, cfg) -> None:
     # (a typo in a dataset name, say) must not lock its workdir to the mistaken config.
     started = (workdir / "metrics.jsonl").exists() or any((workdir / "checkpoints").glob("[0-9]*"))
     if path.exists() and started:
-        old = read_config_json(path)
+        old = with_defaults(read_config_json(path))
         if _comparable(old) != _comparable(new):
             diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
             raise JtlError(

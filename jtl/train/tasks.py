@@ -17,39 +17,42 @@ import numpy as np
 from flax import traverse_util
 
 from jtl import data as jdata
+from jtl.data.classes import RunClasses
+from jtl.config import parse_eval  # noqa: F401 - part of this module's interface
 from jtl.errors import ConfigError
 from jtl.models import create_model
 from jtl.optim import frozen_modules, make_optimizer, make_schedule
+from jtl.progress import phase, say
 from jtl.train.pieces import get_piece
 from jtl.train.state import TrainState
 
 
-def parse_eval(entries) -> dict[str, tuple[str, str]]:
-    """``("test=fashion_mnist:test", "digits:val")`` -> {label: (dataset name, split)}."""
-    out = {}
-    for entry in entries:
-        label, sep, spec = entry.partition("=")
-        if not sep:
-            label, spec = "", entry
-        name, sep, split = spec.rpartition(":")
-        if not sep or not name:
-            raise ConfigError(f"data.eval entry {entry!r} must be NAME:SPLIT or LABEL=NAME:SPLIT")
-        label = label or split
-        if label in out:
-            raise ConfigError(f"two data.eval entries are labelled {label!r}; write LABEL=NAME:SPLIT")
-        out[label] = (name, split)
-    return out
-
-
-def load_source(cfg, name: str, split: str, *, budget: bool):
-    opts = {"seed": cfg.seed}
+def load_source(cfg, name: str, split: str, *, budget: bool, classes: RunClasses | None = None):
+    """A split of dataset ``name``: the training set (``data.classes`` and, with ``budget``,
+    ``data.limit`` applied), or, given the run's ``classes``, any other set relabelled onto
+    them by class name (:mod:`jtl.data.classes`)."""
+    opts = {"seed": cfg.seed, "on_error": cfg.data.get("on_error", "raise")}
     if cfg.data.val_fraction:
         opts["val_fraction"] = cfg.data.val_fraction
+    if classes is not None:
+        with phase(f"loading {name}:{split}"):
+            return classes.align(jdata.load(name, split, **opts))
     if cfg.data.classes:
         opts["classes"] = tuple(cfg.data.classes)
     if budget and cfg.data.limit:
         opts["limit"] = cfg.data.limit
-    return jdata.load(name, split, **opts)
+    with phase(f"loading {name}:{split}"):
+        return jdata.load(name, split, **opts)
+
+
+def run_classes(cfg, train_source) -> RunClasses:
+    """The run's classes: the training set's names; ``excluded``: those ``data.classes`` left out."""
+    names = tuple(train_source.info.class_names)
+    excluded = ()
+    if cfg.data.classes:
+        every = jdata.info(cfg.data.train, on_error=cfg.data.get("on_error", "raise")).class_names
+        excluded = tuple(n for n in every if n not in names)
+    return RunClasses(names, excluded)
 
 
 def check_num_classes(cfg, src) -> None:
@@ -60,15 +63,22 @@ def check_num_classes(cfg, src) -> None:
                           f"set model.num_classes={k}, or keep fewer classes with data.classes")
 
 
+def check_batch_fits(cfg, src) -> None:
+    """Every step draws ``batch_size`` distinct examples: the training set must hold that many."""
+    if len(src) < cfg.batch_size:
+        raise ConfigError(f"data.train {src.name}:{src.split} has {len(src)} examples, fewer than "
+                          f"batch_size={cfg.batch_size}; set --config.batch_size to {len(src)} or fewer")
+
+
 def pretrained_variables(cfg) -> dict:
-    """``{"params", "batch_stats"}`` named by ``model.init``: another run's workdir (its best,
-    else latest checkpoint), or weights (registry name, `jtl port` directory, .pth/.safetensors)."""
+    """``{"params", "batch_stats"}`` named by ``model.init``: another run's workdir (its latest
+    checkpoint: the end of that run), or weights (registry name, `jtl port` dir, .pth/.safetensors)."""
     from jtl.train.checkpoint import restore_variables  # noqa: PLC0415
     from jtl.weights import load_weights  # noqa: PLC0415
 
     src = cfg.model.init
     if os.path.isdir(src) and (Path(src) / "checkpoints").is_dir():
-        pre = restore_variables(src)
+        pre = restore_variables(src, which="latest")
     else:
         _, pre = load_weights(src, cfg.model.name)
     return {"params": pre["params"], "batch_stats": pre["batch_stats"]}
@@ -87,8 +97,10 @@ def initial_variables(cfg, model, sample: np.ndarray, head: str):
         return variables, None
     from jtl.weights import merge_pretrained  # noqa: PLC0415
 
-    pretrained = pretrained_variables(cfg)
-    merged, _ = merge_pretrained(variables, pretrained, reinit=rf"^(params|batch_stats)/{head}/")
+    with phase(f"loading model.init {cfg.model.init}"):
+        pretrained = pretrained_variables(cfg)
+    merged, report = merge_pretrained(variables, pretrained, reinit=rf"^(params|batch_stats)/{head}/")
+    say(f"model.init {cfg.model.init}: {report.summary()}")
     old_head = pretrained["params"].get(head)
     return merged, old_head
 
@@ -114,13 +126,13 @@ def train_iterator(cfg, source, normalize):
         image_size=cfg.data.image_size, channels=cfg.data.channels)
 
 
-def eval_iterators(cfg, stats) -> dict:
-    """``{label: () -> iterator}`` over each ``data.eval`` split, normalised with the training ``stats``."""
+def eval_iterators(cfg, stats, classes: RunClasses) -> dict:
+    """``{label: () -> iterator}`` over each ``data.eval`` split (relabelled onto the run's
+    ``classes`` by name), normalised with the training ``stats``."""
     pc, pi = jax.process_count(), jax.process_index()
     out = {}
     for label, (name, split) in parse_eval(cfg.data.eval).items():
-        esrc = load_source(cfg, name, split, budget=False)
-        check_num_classes(cfg, esrc)
+        esrc = load_source(cfg, name, split, budget=False, classes=classes)
         out[label] = (lambda esrc=esrc: jdata.make_iterator(
             esrc, batch_size=cfg.eval_batch_size // pc, seed=cfg.seed, train=False, normalize=stats,
             process_index=pi, process_count=pc, output="uint8", image_size=cfg.data.image_size,
@@ -150,9 +162,12 @@ class ClassificationTask:
         self.head_regex = rf"^{cfg.model.head}/"
         src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
         check_num_classes(cfg, src)
-        self.train_iterator = train_iterator(cfg, src, None if cfg.data.normalize == "none" else cfg.data.normalize)
+        check_batch_fits(cfg, src)
+        self.classes = run_classes(cfg, src)
+        with phase("normalisation statistics" if cfg.data.normalize == "dataset" else "input pipeline"):
+            self.train_iterator = train_iterator(cfg, src, None if cfg.data.normalize == "none" else cfg.data.normalize)
         self.normalization = normalization_of(cfg, self.train_iterator)
-        self.eval_iterators = eval_iterators(cfg, (self.train_iterator.mean, self.train_iterator.std))
+        self.eval_iterators = eval_iterators(cfg, (self.train_iterator.mean, self.train_iterator.std), self.classes)
         self.images_per_step = cfg.batch_size
         sample_x = np.zeros((1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.float32)
 

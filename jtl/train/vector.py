@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jtl.errors import JtlError
-from jtl.train import runinfo
+from jtl.train import lock, record, runinfo
 from jtl.train.checkpoint import Checkpoints
 from jtl.train.loop import Member, Trainer, check_finite_batch, enable_compilation_cache, record_eval
 from jtl.train.steps import build_step, make_mesh
@@ -157,13 +157,19 @@ class VectorTrainer(Trainer):
         self.workdir = Path(workdirs[0]).absolute()
         self.mesh = make_mesh()
         tasks: dict[tuple, Any] = {}  # one per distinct initial state (seed, starting weights)
-        self.task_of = []
-        for cfg, wd in zip(cfgs, workdirs):
-            runinfo.prepare_workdir(Path(wd).absolute(), cfg)
-            key = (cfg.seed, cfg.model.init)
-            if key not in tasks:
-                tasks[key] = build_task(cfg, self.mesh, Path(wd).absolute())
-            self.task_of.append(list(tasks).index(key))
+        self.task_of, self._locks = [], []
+        try:
+            for cfg, wd in zip(cfgs, workdirs):
+                self._locks.append(lock.acquire(Path(wd).absolute()))
+                runinfo.prepare_workdir(Path(wd).absolute(), cfg)
+                key = (cfg.seed, cfg.model.init)
+                if key not in tasks:
+                    tasks[key] = build_task(cfg, self.mesh, Path(wd).absolute())
+                self.task_of.append(list(tasks).index(key))
+                record.write(Path(wd).absolute(), cfg, tasks[key])
+        except BaseException:
+            self.release()
+            raise
         self.tasks = list(tasks.values())
         self.task = self.tasks[0]
         self.images_per_step = self.task.images_per_step

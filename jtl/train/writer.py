@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import time
 from pathlib import Path
 
 from jtl.distributed import is_writer
@@ -24,9 +26,7 @@ class MetricWriter:
         self._truncate_after(resume_step)
         if tensorboard:
             try:
-                from tensorboardX import SummaryWriter  # noqa: PLC0415
-
-                self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+                self._tb = _TensorBoard(Path(workdir) / "tensorboard")
             except ImportError:
                 self._tb = None
 
@@ -63,13 +63,61 @@ class MetricWriter:
         finally:
             os.close(fd)
         if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, step)
+            self._tb.add_scalars(step, {k: v for k, v in row.items()
+                                        if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)})
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+    def close(self) -> OSError | None:
+        """Flush and close the TensorBoard events. Never raises: it runs while another error (a full
+        disk, say) may be on its way out, which must reach the user; the OSError that kept the last
+        events from being written is returned instead (``metrics.jsonl`` holds every logged value)."""
+        tb, self._tb = self._tb, None
+        return tb.close() if tb is not None else None
+
+
+class _TensorBoard:
+    """Scalars in a TensorBoard events file, written in the calling thread.
+
+    tensorboardX's ``SummaryWriter`` writes from a background thread and flushes again at exit,
+    so a full disk surfaced there as tracebacks after the run's own one-line error; here every
+    write error reaches the caller (``close`` returns it)."""
+
+    FLUSH_SECS = 30.0
+
+    def __init__(self, logdir: Path):
+        from tensorboardX.proto.event_pb2 import Event  # noqa: PLC0415
+        from tensorboardX.record_writer import RecordWriter  # noqa: PLC0415
+        from tensorboardX.summary import scalar  # noqa: PLC0415
+
+        self._event, self._scalar = Event, scalar
+        logdir.mkdir(parents=True, exist_ok=True)
+        stem = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        path, n = logdir / stem, 0
+        while path.exists():  # a resume within the same second: never overwrite earlier events
+            n += 1
+            path = logdir / f"{stem}.{n}"
+        self._file = RecordWriter(str(path))
+        self._file.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+        self._flushed = time.monotonic()
+
+    def add_scalars(self, step: int, scalars: dict) -> None:
+        now = time.time()
+        for k, v in scalars.items():
+            self._file.write(self._event(wall_time=now, step=int(step), summary=self._scalar(k, v)).SerializeToString())
+        if time.monotonic() - self._flushed > self.FLUSH_SECS:
+            self._file.flush()
+            self._flushed = time.monotonic()
+
+    def close(self) -> OSError | None:
+        error = None
+        try:
+            self._file.flush()
+        except OSError as e:
+            error = e
+        try:
+            self._file.close()  # closes the file even when its last flush fails
+        except OSError as e:
+            error = error or e
+        return error
 
 
 def _step_of(line: str, bad: int) -> int:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 
 from jtl.errors import WeightsError
+from jtl.fileio import make_temp_dir
 from jtl.models import create_model
 from jtl.weights import registry
 from jtl.weights.port import port_timm, port_torchvision
@@ -141,7 +141,7 @@ def save_ported(out_dir: str | os.PathLike, variables: dict, meta: dict, *, over
         raise WeightsError(f"{out} already exists; choose another --out or pass --overwrite")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = make_temp_dir(out.parent, prefix=f".{out.name}.")  # 0755 under umask 022, not mkdtemp's 0700
     except OSError as e:
         raise WeightsError(f"cannot write to {out.parent} ({e.strerror})") from None
     try:

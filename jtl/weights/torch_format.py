@@ -114,6 +114,11 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
             head = f.read(4)
         if head.startswith(b"PK"):  # a zip archive whose end (central directory) is missing
             raise WeightsError(f"{path}: truncated or corrupt PyTorch checkpoint (incomplete zip archive)")
+        with open(path, "rb") as f:
+            start = f.read(64)
+        if _LEGACY_MAGIC not in start:
+            raise WeightsError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a "
+                               "legacy torch file); pass the .pth file written by torch.save(model.state_dict())")
         return _load_legacy(path)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -131,6 +136,10 @@ def load_pth(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return _as_state_dict(obj, path)
 
 
+# Legacy (pre-1.6) torch files open with a pickled magic number: LONG1 opcode, 10 bytes, little-endian.
+_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
 def _load_legacy(path: str) -> dict[str, np.ndarray]:
     try:
         import torch  # noqa: PLC0415
@@ -142,7 +151,12 @@ def _load_legacy(path: str) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure is a bad file here
-        raise WeightsError(f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        # torch's own message spans lines and suggests weights_only=False, which would let the file
+        # run arbitrary code: keep its first line only, and only when it does not say that.
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        detail = f": {first}" if first and "weights_only" not in first else ""
+        raise WeightsError(f"{path}: corrupt or unsupported legacy PyTorch checkpoint ({type(e).__name__}{detail}); "
+                           "re-save its state dict with torch.save on torch>=1.6") from None
     obj = _as_state_dict(obj, path)
     return {k: v.detach().float().numpy() if hasattr(v, "detach") else np.asarray(v) for k, v in obj.items()}
 
