@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     from jtl.sweep.runner import add_parser as add_sweep  # noqa: PLC0415
 
     add_sweep(sub)
-    from jtl.collect import add_parser as add_collect  # noqa: PLC0415
+    from jtl.results.cli import add_parser as add_collect  # noqa: PLC0415
 
     add_collect(sub)
     try:

@@ -7,7 +7,9 @@ through ``jtl sweep`` (a method's seeds train as one vectorized program; finishe
 are skipped, so the script resumes where it stopped; a failed run is left out and said). Per run it reads the final
 target accuracy (an ``oracle`` number: it uses target labels, reported, never used
 to choose) and scores the run without target labels: source validation accuracy,
-SND and IM on the target predictions, and DEV.
+SND and IM on the target predictions, and DEV. Scoring, the per-seed choice of a method
+and the table cells are ``jtl collect``'s (:mod:`jtl.results`): each method is one
+setting, its runs the seeds.
 
 Each shift also gets the **zero-weight control** ``dann_weight0``: the DANN recipe with
 ``loss.dann=0`` (source cross-entropy, target batches seen only by BatchNorm, the same
@@ -28,8 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jtl.results import (Run, SelectionRow, Setting, format_number, format_pm, load_run, markdown_table, mean_std,
+                         member_wall_time_s, run_scores, select_settings)
+
 ROOT = Path(__file__).resolve().parents[1]
 CRITERIA = ("source_val", "snd", "im", "dev")
+TARGET = "target_test/top1"  # the metric: target accuracy (uses target labels)
 # control name -> (method it is a variant of, config overrides)
 CONTROLS = {"dann_weight0": ("dann", ("loss.dann=0.0",))}
 
@@ -65,20 +71,26 @@ def link_warmups(shift_dir: Path, finished: dict[int, dict]) -> Path:
     return links
 
 
-def scores(workdir: Path, step: int) -> dict:
-    """Selection scores of a run from its saved predictions at ``step`` (no target labels used)."""
-    from jtl import select  # noqa: PLC0415
+def _setting(method: str, rows: list[dict]) -> Setting:
+    """One method's runs as a ``jtl collect`` setting: key ``(method,)``, the target accuracy
+    as its metric, and each run's selection scores (``rows``' values) in its score cache."""
+    runs = [Run(Path(str(r.get("workdir", method))), "finished", {"method": method, "seed": r["seed"]},
+                scores={**{c: r[c] for c in CRITERIA}, "oracle": r["target"]}) for r in rows]
+    return Setting((method,), runs, [r["target"] for r in rows], [r["seed"] for r in rows],
+                   [r["wall"] for r in rows])
 
-    sv = np.load(workdir / "predictions" / f"source_val-{step}.npz")
-    tg = np.load(workdir / "predictions" / f"target_test-{step}.npz")
-    half = len(sv["labels"]) // 2  # DEV: one half of source val fits the density ratio, the other is validated
-    losses = select.per_sample_cross_entropy(sv["logits"][half:], sv["labels"][half:])
-    return {
-        "source_val": select.source_val_accuracy(sv["logits"], sv["labels"]),
-        "snd": select.snd(tg["logits"]),
-        "im": select.information_maximization_score(tg["logits"]),
-        "dev": select.dev_risk(sv["features"][:half], tg["features"], sv["features"][half:], losses),
-    }
+
+def selection(by_method: dict[str, list[dict]], seeds: list[int], criteria) -> list[SelectionRow]:
+    """Per criterion, the method ``jtl collect``'s selection picks on each seed (controls are
+    never candidates; ``"oracle"``: target accuracy, uses target labels)."""
+    cands = [_setting(m, rs) for m, rs in by_method.items() if m not in CONTROLS]
+    return select_settings(cands, ["method"], list(criteria), TARGET, seeds=seeds)
+
+
+def choose(by_method: dict[str, list[dict]], seed: int, criterion: str) -> str | None:
+    """The method whose run of ``seed`` scores best under ``criterion``; None if none ran."""
+    (row,) = selection(by_method, [seed], [criterion])
+    return row.picked[0].key[0] if row.picked else None
 
 
 def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Path) -> list[str]:
@@ -112,57 +124,31 @@ def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Pat
     return lines
 
 
-def _mean_std(values, scale: float = 1.0) -> str:
-    return f"{scale * np.mean(values):.2f} +- {scale * np.std(values):.2f}"
-
-
 def method_table(by_method: dict[str, list[dict]]) -> list[str]:
     """One row per method (controls marked): mean +- std over seeds of target accuracy
     (oracle), the selection scores and the wall time of a run."""
-    lines = ["| method | target top-1 (oracle) | source val | SND | IM | DEV | wall s |",
-             "|---|---|---|---|---|---|---|"]
+    rows = []
     for method, rs in by_method.items():
-        col = lambda k, scale=1.0: _mean_std([r[k] for r in rs], scale)  # noqa: E731
+        s = _setting(method, rs)
         label = f"{method} (control: {CONTROLS[method][0]}, {', '.join(CONTROLS[method][1])})" \
             if method in CONTROLS else method
-        lines.append(f"| {label} | {col('target', 100)} | {col('source_val', 100)} | {col('snd')} | {col('im')} | "
-                     f"{col('dev')} | {np.mean([r['wall'] for r in rs]):.0f} |")
-    return lines
-
-
-def choose(by_method: dict[str, list[dict]], seed: int, criterion: str) -> str | None:
-    """The method whose run of ``seed`` scores best under ``criterion`` (``"oracle"``: target
-    accuracy, uses target labels); controls are never candidates."""
-    from jtl.select import METHODS as SELECTION  # noqa: PLC0415
-
-    cands = {m: r for m, rs in by_method.items() if m not in CONTROLS for r in rs if r["seed"] == seed}
-    if not cands:
-        return None
-    if criterion == "oracle":
-        return max(cands, key=lambda m: cands[m]["target"])
-    sign = 1 if SELECTION[criterion].higher_is_better else -1
-    return max(cands, key=lambda m: sign * cands[m][criterion])
+        scores = [format_pm(*mean_std([r.scores[c] for r in s.runs]), 100 if c == "source_val" else 1)
+                  for c in CRITERIA]
+        rows.append([label, format_pm(s.mean(), s.std(), 100), *scores, format_number(s.mean_wall(), digits=0)])
+    return markdown_table(["method", "target top-1 (oracle)", "source val", "SND", "IM", "DEV", "wall s"],
+                          "l" * 7, rows)
 
 
 def selection_table(by_method: dict[str, list[dict]], seeds: list[int]) -> list[str]:
     """Per criterion: the method chosen on each seed, the chosen runs' target accuracy (mean +- std)
     and its gain over source-only's mean (and over each control's mean)."""
     controls = [c for c in CONTROLS if c in by_method]
-    lines = ["| selection | chosen (per seed) | target top-1 | vs source_only |"
-             + "".join(f" vs {c} |" for c in controls),
-             "|---|---|---|---|" + "---|" * len(controls)]
-    base = {m: np.mean([r["target"] for r in by_method[m]]) for m in ["source_only"] + controls}
-    for crit in CRITERIA + ("oracle",):
-        chosen, accs = [], []
-        for seed in seeds:
-            best = choose(by_method, seed, crit)
-            if best is not None:
-                chosen.append(best)
-                accs.append(next(r["target"] for r in by_method[best] if r["seed"] == seed))
-        label = "oracle (uses target labels)" if crit == "oracle" else crit
-        lines.append(f"| {label} | {', '.join(chosen)} | {_mean_std(accs, 100)} | "
-                     + " | ".join(f"{100 * (np.mean(accs) - base[m]):+.2f}" for m in base) + " |")
-    return lines
+    base = [_setting(m, by_method[m]).mean() for m in ["source_only"] + controls]
+    rows = [[row.label, ", ".join(s.key[0] for s in row.picked), format_pm(row.mean(), row.std(), 100),
+             *(f"{100 * (row.mean() - b):+.2f}" for b in base)]
+            for row in selection(by_method, seeds, CRITERIA + ("oracle",))]
+    return markdown_table(["selection", "chosen (per seed)", "target top-1", "vs source_only",
+                           *(f"vs {c}" for c in controls)], "l" * (4 + len(controls)), rows)
 
 
 def main(argv=None) -> int:
@@ -178,7 +164,6 @@ def main(argv=None) -> int:
     p.add_argument("--figures", default="", help="also write t-SNE plots here and add proxy A-distances and "
                    "per-class accuracy (first seed: source_only vs the method IM picks)")
     a = p.parse_args(argv)
-    from jtl.collect import member_wall_time_s  # noqa: PLC0415
     from jtl.methods import METHODS  # noqa: PLC0415
 
     methods = list(METHODS) if a.methods == "all" else a.methods.split(",")
@@ -210,8 +195,12 @@ def main(argv=None) -> int:
                 s, wd = done[seed]["summary"], done[seed]["workdir"]
                 wall = member_wall_time_s(s)
                 wall = float("nan") if wall is None else wall
+                run = load_run(wd)
+                run_scores(run, CRITERIA, TARGET)  # as jtl collect scores it, from the saved predictions
+                for crit, note in run.score_notes.items():
+                    print(f"{shift} {name} seed {seed}: no {crit} score ({note})", flush=True)
                 r = {"seed": seed, "target": s["final"]["target_test"]["top1"], "wall": wall, "workdir": wd,
-                     "step": s["step"], **scores(wd, s["step"])}
+                     "step": s["step"], **run.scores}
                 rows.setdefault(shift, {}).setdefault(name, []).append(r)
     lines = ["# Domain adaptation results", "",
              f"`{' '.join(['python scripts/da_results.py'] + (argv or sys.argv[1:]))}`", "",

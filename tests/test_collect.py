@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jtl import collect as C
+from jtl import results as C
 from jtl import select as S
 from jtl.cli import main
 
@@ -228,3 +228,17 @@ def test_vectorized_members_count_their_share_of_the_wall_time(tmp_path):
         (tmp_path / f"s{seed}" / "summary.json").write_text(json.dumps({**summary, "vectorized_members": 3}))
     report = C.collect([tmp_path], select=())
     assert [s.wall_times for s in report.settings] == [[10.0, 10.0, 10.0]]
+
+
+def test_first_seen_order_given_seeds_and_table_writer(tmp_path):
+    """What scripts/da_results.py uses: settings in first-run order, picks on the seeds asked for
+    (in that order; a seed no setting has is skipped), and the markdown table writer."""
+    for name, lr in (("b", 0.1), ("a", 0.01)):
+        for seed in (0, 1):
+            write_run(tmp_path / f"{name}{seed}", config(seed, lr, method=name), top1=0.5 + lr + 0.1 * seed)
+    runs = sorted(C.discover([tmp_path]), key=lambda r: r.params["method"], reverse=True)
+    settings = C.aggregate(runs, ["method"], "target_test/top1", sort=False)
+    assert [s.key for s in settings] == [("b",), ("a",)]
+    (row,) = C.select_settings(settings, ["method"], ["oracle"], "target_test/top1", seeds=[1, 7, 0])
+    assert [(sd, lab) for sd, lab, _ in row.picks] == [(1, "method=b"), (0, "method=b")] and not row.unavailable
+    assert C.markdown_table(["k", "v"], "lr", [["a|b", "1"]]) == ["| k | v |", "|---|---:|", "| a\\|b | 1 |"]

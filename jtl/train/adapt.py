@@ -1,30 +1,21 @@
-"""Unsupervised domain adaptation in the one trainer: model, loss pieces, step structures.
+"""Unsupervised domain adaptation in the one trainer: the model and the task.
 
 A method is a weighted list of loss pieces over one forward pass of the joint
 batch ``[x_s; x_t]`` (BatchNorm statistics over both domains), e.g.::
 
     loss = (("ce", 1.0), ("cdan", 1.0), ("mcc", 0.5))
 
-Pieces see ``f_s, f_t`` (bottleneck features), ``logits`` (source) and
-``logits_t`` (target), and apply the extra heads the method needs through
-``ctx.apply_head``: a domain discriminator (``dann``, ``cdan``, ``wdgrl``), an
-adversarial classifier (``mdd``) or a second classifier (``mcd``). Adversarial
-pieces put :func:`jtl.losses.grl` between features and head, with the
-warm-up ``lambda_p = 2 / (1 + exp(-alpha p)) - 1`` (``p`` = training progress).
-
-Step structures: ``single`` (one update of all parameters on the weighted sum)
-serves every method except MCD, whose three-step update (Saito et al. 2018) is
-declared in :func:`mcd_phases`: A) all parameters on source CE of both
-classifiers; B) classifiers on CE minus the target discrepancy; C) feature
-extractor on the discrepancy, ``adapt.mcd_generator_steps`` times. Each phase
-has its own optimizer state over its trainable parameters.
+Everything method-specific is declared by the pieces (:mod:`jtl.train.adapt_pieces`,
+or a researcher's own module): the extra heads the model gets, the extra views of the
+target batch the forward pass computes, whether the target enters the forward pass at
+all, and a step made of several updates (MCD's, Saito et al. 2018). This module reads
+those declarations and names no piece. A multi-update step runs each phase's pieces on
+its own trainable parameters, with its own optimizer state.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,32 +25,38 @@ import optax
 from flax import linen as nn
 
 from jtl import data as jdata
-from jtl import losses as L
 from jtl.errors import ConfigError
 from jtl.models import create_model
 from jtl.models.heads import Bottleneck, MLPHead
 from jtl.models.layers import Dense
 from jtl.optim import make_optimizer, make_schedule
 from jtl.progress import phase, say
-from jtl.train.pieces import Context, get_piece, register
-from jtl.train.state import TrainState
+from jtl.train import adapt_pieces  # noqa: F401 - registers the adaptation pieces
+from jtl.train.adapt_pieces import VIEWS
+from jtl.train.pieces import Head, declared_heads, declared_phases, declared_views, get_piece
+from jtl.train.state import TrainState, initial_state
+from jtl.train.steps import make_loss_fn, make_train_step
+from jtl.train.tasks import (
+    check_batch_fits, check_divisible, check_num_classes, eval_iterators, load_source, normalization_of,
+    normalize_on_device, pretrained_variables, run_classes, train_iterator)
+from jtl.weights import merge_pretrained
 
-DISC_PIECES = ("dann", "cdan", "wdgrl")
+RESERVED = ("backbone", "bottleneck", "head")  # the model's own modules: no piece may declare a head of these names
 
 
 # ---------------------------------------------------------------------------------- the model
 class AdaptationModel(nn.Module):
-    """backbone (headless ResNet) -> bottleneck (optional) -> classifier, plus extra heads.
+    """backbone (headless) -> bottleneck (optional) -> classifier, plus the declared extra heads.
 
     Parameters: ``backbone/...`` (ported/pretrained weights go here), ``bottleneck``,
-    ``head``, and per method ``disc`` (domain discriminator), ``adv`` (MDD's
-    adversarial classifier), ``head2`` (MCD's second classifier).
+    ``head``, and one entry per extra head the pieces declare, under its name.
+    ``heads`` holds ``(name, Head, input width)`` triples.
     """
 
     backbone_name: str
     num_classes: int
     bottleneck_dim: int = 256
-    heads: tuple[str, ...] = ()
+    heads: tuple[tuple[str, Head, int], ...] = ()
     disc_hidden: int = 1024
     dtype: Any = jnp.float32
 
@@ -67,12 +64,11 @@ class AdaptationModel(nn.Module):
         self.backbone = create_model(self.backbone_name, None, dtype=self.dtype)
         self.bottleneck = Bottleneck(self.bottleneck_dim, dtype=self.dtype) if self.bottleneck_dim else None
         self.head = Dense(self.num_classes, dtype=self.dtype)
-        if "disc" in self.heads:
-            self.disc = MLPHead((self.disc_hidden, self.disc_hidden), 1, dtype=self.dtype)
-        if "adv" in self.heads:  # MDD's adversary must be as strong as an MLP (Zhang et al. 2019)
-            self.adv = MLPHead((self.disc_hidden,), self.num_classes, dtype=self.dtype)
-        if "head2" in self.heads:
-            self.head2 = Dense(self.num_classes, dtype=self.dtype)
+        for name, spec, _ in self.heads:
+            outputs = self.num_classes if spec.outputs == "classes" else int(spec.outputs)
+            module = (Dense(outputs, dtype=self.dtype) if spec.hidden == 0 else
+                      MLPHead((self.disc_hidden,) * spec.hidden, outputs, dtype=self.dtype))
+            setattr(self, name, module)
 
     def __call__(self, x, train: bool = False, return_features: bool = False):
         logits, feats = self.backbone(x, train=train, return_features=True)
@@ -84,201 +80,28 @@ class AdaptationModel(nn.Module):
     def apply_head(self, name: str, x):
         return getattr(self, name)(x).astype(jnp.float32)
 
-    def init_all(self, x, disc_in: int):
+    def init_all(self, x):
         out = self(x, train=False)
-        f = jnp.zeros((x.shape[0], self.bottleneck_dim or self.backbone.num_features), x.dtype)
-        for name in self.heads:
-            out = out + jnp.sum(self.apply_head(name, jnp.zeros((x.shape[0], disc_in)) if name == "disc" else f))
+        for name, _, width in self.heads:
+            out = out + jnp.sum(self.apply_head(name, jnp.zeros((x.shape[0], width), x.dtype)))
         return out
 
 
-# ---------------------------------------------------------------------------------- loss pieces
-def _coeff(ctx: Context, alpha: float, high: float = 1.0):
-    return L.grl_coeff(ctx.progress, alpha=alpha, high=high)
+def model_heads(cfg) -> tuple[tuple[str, Head, int], ...]:
+    """The extra heads the run's pieces declare, with their input widths."""
+    heads = declared_heads([n for n, _ in cfg.loss])
+    bad = sorted(set(heads) & set(RESERVED))
+    if bad:
+        raise ConfigError(f"a loss piece declares a head named {bad[0]!r}, a name of the model's own modules")
+    feature_dim = cfg.adapt.bottleneck_dim or create_model(cfg.model.name, None).num_features
+    opts = cfg.loss_options.to_dict()
+    return tuple((name, h, h.width(opts, feature_dim, cfg.model.num_classes)) for name, h in sorted(heads.items()))
 
 
-def _both(ctx):
-    return jnp.concatenate([ctx.out["f_s"], ctx.out["f_t"]]), ctx.out["f_s"].shape[0]
-
-
-@register("dann")
-def dann_piece(ctx: Context, *, alpha: float = 10.0, high: float = 1.0):
-    """DANN: discriminator on ``grl(f)``; also reports the discriminator's accuracy.
-    ``high`` is the final reversal coefficient (0: the discriminator learns, the features ignore it)."""
-    f, n = _both(ctx)
-    d = ctx.apply_head("disc", L.grl(f, _coeff(ctx, alpha, high)))[:, 0]
-    acc = 0.5 * (jnp.mean(d[:n] > 0) + jnp.mean(d[n:] < 0))
-    return L.dann(d[:n], d[n:]), {"disc_accuracy": acc}
-
-
-def cdan_input(f, logits, *, randomized: bool, dim: int, seed: int = 0):
-    """CDAN's conditioning ``f (x) softmax(g)``, or its randomized version of width ``dim``."""
-    if not randomized:
-        return L.multilinear_map(f, logits)
-    rf, rg = L.randomized_multilinear_matrices(jax.random.key(seed), f.shape[-1], logits.shape[-1], dim)
-    return L.randomized_multilinear_map(f, logits, rf, rg)
-
-
-@register("cdan")
-def cdan_piece(ctx: Context, *, alpha: float = 10.0, entropy: bool = True, randomized: bool = False,
-               dim: int = 1024):
-    """CDAN(+E): discriminator on ``grl(f (x) softmax(g))``; ``entropy`` weights by 1 + exp(-H)."""
-    f, n = _both(ctx)
-    g = jnp.concatenate([ctx.out["logits"], ctx.out["logits_t"]])
-    h = cdan_input(f, g, randomized=randomized, dim=dim)
-    d = ctx.apply_head("disc", L.grl(h, _coeff(ctx, alpha)))[:, 0]
-    ws = wt = None
-    if entropy:
-        p = jax.nn.softmax(g)
-        ws, wt = L.entropy_weights(p[:n]), L.entropy_weights(p[n:])
-    acc = 0.5 * (jnp.mean(d[:n] > 0) + jnp.mean(d[n:] < 0))
-    return L.cdan(d[:n], d[n:], ws, wt), {"disc_accuracy": acc}
-
-
-@register("mmd")
-def mmd_piece(ctx: Context, *, alphas=(0.5, 1.0, 2.0), linear: bool = False):
-    """DAN: multi-kernel MMD between source and target bottleneck features."""
-    return L.mk_mmd(ctx.out["f_s"], ctx.out["f_t"], alphas=tuple(alphas), linear=linear)
-
-
-@register("jmmd")
-def jmmd_piece(ctx: Context, *, linear: bool = False):
-    """JAN: joint MMD over (features, softmax outputs)."""
-    ps, pt = jax.nn.softmax(ctx.out["logits"]), jax.nn.softmax(ctx.out["logits_t"])
-    return L.jmmd([ctx.out["f_s"], ps], [ctx.out["f_t"], pt], linear=linear)
-
-
-@register("coral")
-def coral_piece(ctx: Context):
-    """Deep CORAL on the bottleneck features."""
-    return L.coral(ctx.out["f_s"], ctx.out["f_t"])
-
-
-@register("mdd")
-def mdd_piece(ctx: Context, *, margin: float = 4.0, alpha: float = 10.0, high: float = 0.1):
-    """MDD: the adversarial classifier on ``grl(f)`` against the main classifier's predictions.
-
-    The reversal coefficient ramps to ``high`` = 0.1: with the margin's weight gamma on the
-    source term, a full-strength reversal lets the features destroy source accuracy
-    (measured: digits -> digits:mnistm fell below source-only at 1.0)."""
-    f, n = _both(ctx)
-    adv = ctx.apply_head("adv", L.grl(f, _coeff(ctx, alpha, high)))
-    return L.mdd((ctx.out["logits"], ctx.out["logits_t"]), adv[:n], adv[n:], margin=margin)
-
-
-@register("wdgrl")
-def wdgrl_piece(ctx: Context, *, alpha: float = 10.0, gp_weight: float = 10.0):
-    """WDGRL: the critic maximises ``W = mean c(f_s) - mean c(f_t)`` (minus the gradient
-    penalty) while, through the reversal layer, the features minimise it."""
-    f, n = _both(ctx)
-    c = ctx.apply_head("disc", L.grl(f, _coeff(ctx, alpha)))[:, 0]
-    critic = lambda x: ctx.apply_head("disc", x)[:, 0]
-    w = L.wdgrl_critic(c[:n], c[n:])
-    gp = L.gradient_penalty(critic, ctx.out["f_s"], ctx.out["f_t"], ctx.rng)
-    return -w + gp_weight * gp, {"wasserstein": w}
-
-
-@register("bsp")
-def bsp_piece(ctx: Context, *, k: int = 1):
-    """BSP: penalise the top-k singular values of each domain's features."""
-    return L.bsp(ctx.out["f_s"], ctx.out["f_t"], k=k)
-
-
-@register("afn")
-def afn_piece(ctx: Context, *, delta: float = 1.0):
-    """SAFN: enlarge feature norms step by step (both domains)."""
-    f, _ = _both(ctx)
-    return L.afn(f, delta=delta)
-
-
-@register("mcc")
-def mcc_piece(ctx: Context, *, temperature: float = 2.5):
-    """MCC on the target predictions."""
-    return L.mcc(ctx.out["logits_t"], temperature=temperature)
-
-
-@register("bnm")
-def bnm_piece(ctx: Context):
-    """BNM on the target predictions."""
-    return L.bnm(ctx.out["logits_t"])
-
-
-@register("entropy")
-def entropy_piece(ctx: Context):
-    """Entropy minimisation on the target predictions."""
-    return L.entropy(ctx.out["logits_t"])
-
-
-@register("im")
-def im_piece(ctx: Context):
-    """Information maximisation on the target predictions (entropy minus diversity)."""
-    return L.information_maximization(ctx.out["logits_t"])
-
-
-@register("fixmatch")
-def fixmatch_piece(ctx: Context, *, threshold: float = 0.95):
-    """Self-training: pseudo-labels of the weak target view supervise the strong view."""
-    loss, aux = L.pseudo_label_loss_with_aux(ctx.out["logits_t"], ctx.out["logits_t_strong"], threshold=threshold)
-    return loss, aux
-
-
-@register("ce2")
-def ce2_piece(ctx: Context):
-    """Source cross-entropy of MCD's second classifier."""
-    logits = ctx.out["logits2"]
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, ctx.batch["label"]))
-
-
-@register("mcd")
-def mcd_piece(ctx: Context):
-    """MCD's classifier discrepancy on the target batch."""
-    return L.mcd_discrepancy(ctx.out["logits_t"], ctx.out["logits2_t"])
-
-
-# ---------------------------------------------------------------------------------- step structures
-@dataclasses.dataclass(frozen=True)
-class Phase:
-    """One update inside a step: its loss pieces and the parameters it trains (regex)."""
-
-    name: str
-    loss: tuple[tuple[str, float], ...]
-    trainable: str = r"."
-    repeats: int = 1
-
-
-def mcd_phases(loss: Sequence[tuple[str, float]], generator_steps: int) -> list[Phase]:
-    """Saito et al. (2018): A) all on source CE of both classifiers (plus any other pieces);
-    B) classifiers on CE - w*discrepancy; C) features on w*discrepancy, n times."""
-    w = dict(loss)["mcd"]
-    others = tuple((n, v) for n, v in loss if n not in ("mcd", "ce", "ce2"))
-    ce = (("ce", 1.0), ("ce2", 1.0))
-    return [
-        Phase("A", ce + others),
-        Phase("B", ce + (("mcd", -w),), r"^(head|head2)/"),
-        Phase("C", (("mcd", w),), r"^(backbone|bottleneck)/", generator_steps),
-    ]
-
-
-def strong_augment(x: jax.Array, key: jax.Array) -> jax.Array:
-    """A strong view on device (FixMatch-style): random shift up to 1/8 of the size
-    (reflect padding), per-image brightness/contrast in [0.5, 1.5], and a cutout of half
-    the image side filled with the mean."""
-    n, h, w, _ = x.shape
-    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
-    pad = max(h // 8, 1)
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    oy = jax.random.randint(k1, (n,), 0, 2 * pad + 1)
-    ox = jax.random.randint(k2, (n,), 0, 2 * pad + 1)
-    x = jax.vmap(lambda im, a, b: jax.lax.dynamic_slice(im, (a, b, 0), (h, w, x.shape[-1])))(xp, oy, ox)
-    scale = jax.random.uniform(k3, (n, 2, 1, 1, 1), minval=0.5, maxval=1.5)
-    mean = x.mean(axis=(1, 2, 3), keepdims=True)
-    x = (x - mean) * scale[:, 0] + mean * scale[:, 1]
-    size = max(h // 2, 1)
-    cy = jax.random.randint(k4, (n,), 0, h)
-    cx = jax.random.randint(k5, (n,), 0, w)
-    yy, xx = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
-    inside = (jnp.abs(yy - cy[:, None, None]) <= size // 2) & (jnp.abs(xx - cx[:, None, None]) <= size // 2)
-    return jnp.where(inside[..., None], mean, x)
+def build_model(cfg) -> AdaptationModel:
+    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    return AdaptationModel(cfg.model.name, cfg.model.num_classes, cfg.adapt.bottleneck_dim, model_heads(cfg),
+                           cfg.adapt.disc_hidden, dtype)
 
 
 # ---------------------------------------------------------------------------------- the task
@@ -286,10 +109,6 @@ class AdaptationTask:
     """Source labelled + target unlabelled training of an :class:`AdaptationModel`."""
 
     def __init__(self, cfg, mesh):
-        from jtl.train.tasks import (  # noqa: PLC0415
-            check_batch_fits, check_divisible, check_num_classes, eval_iterators, load_source, normalization_of,
-            run_classes, train_iterator)
-
         self.cfg, a = cfg, cfg.adapt
         check_divisible(cfg, mesh)
         if cfg.freeze:
@@ -297,13 +116,10 @@ class AdaptationTask:
         if cfg.grad_accum_steps != 1:
             raise ConfigError("grad_accum_steps > 1 is not supported with domain adaptation")
         names = [n for n, _ in cfg.loss]
-        for n in names:
-            get_piece(n)
-        heads = heads_of(names)
-        self.structure = "mcd" if "mcd" in names else "single"
+        self.phases = declared_phases(cfg.loss, cfg)  # None: one update of everything per step
         # Source-only training must not see the target, not even through BatchNorm statistics.
-        self.uses_target = any(n not in ("ce", "ce2") for n in names)
-        self.strong = "fixmatch" in names
+        self.uses_target = any(get_piece(n).needs_target for n in names)
+        self.views = declared_views(names)
         self.head_regex = r"^(?!backbone/)"
         src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
         check_num_classes(cfg, src)
@@ -322,16 +138,9 @@ class AdaptationTask:
         self.eval_iterators = eval_iterators(cfg, stats, self.classes)
         self.images_per_step = (2 if self.uses_target else 1) * cfg.batch_size
 
-        dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-        self.model = AdaptationModel(cfg.model.name, cfg.model.num_classes, a.bottleneck_dim, heads,
-                                     a.disc_hidden, dtype)
-        feat_dim = a.bottleneck_dim or create_model(cfg.model.name, None).num_features
-        cdan_opts = dict(cfg.loss_options.get("cdan", {}))
-        disc_in = feat_dim
-        if "cdan" in names:
-            disc_in = cdan_opts.get("dim", 1024) if cdan_opts.get("randomized", False) else feat_dim * cfg.model.num_classes
+        self.model = build_model(cfg)
         x0 = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), jnp.float32)
-        variables = jax.jit(lambda k: self.model.init(k, x0, disc_in, method=AdaptationModel.init_all))(
+        variables = jax.jit(lambda k: self.model.init(k, x0, method=AdaptationModel.init_all))(
             jax.random.key(cfg.seed))
         variables = jax.tree.map(np.asarray, dict(variables))
         variables.setdefault("batch_stats", {})
@@ -339,22 +148,18 @@ class AdaptationTask:
             variables = _load_backbone(cfg, variables)
         params = variables["params"]
         self.lr = make_schedule(cfg)
-        if self.structure == "mcd":
-            self.phases = mcd_phases(cfg.loss, a.mcd_generator_steps)
-            self.txs = [make_optimizer(_only(cfg, ph.trainable), params) for ph in self.phases]
-            self.tx = None
-            opt_state = tuple(tx.init(params) for tx in self.txs)
-        else:
-            self.tx = make_optimizer(cfg, params)
-            opt_state = self.tx.init(params)
-        state = TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], opt_state,
-                           jax.random.key_data(jax.random.key(cfg.seed + 1)), None)
-        self.state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        txs = self.optimizers(cfg, params)
+        opt_state = tuple(tx.init(params) for tx in txs) if self.phases else txs[0].init(params)
+        self.state = initial_state(params, variables["batch_stats"], opt_state, cfg.seed, mesh)
+
+    def optimizers(self, cfg, params) -> list[optax.GradientTransformation]:
+        """One optimizer per phase (each trains only its phase's parameters), or the one optimizer."""
+        if self.phases is None:
+            return [make_optimizer(cfg, params)]
+        return [make_optimizer(_only(cfg, ph.trainable), params) for ph in self.phases]
 
     # -- forward -----------------------------------------------------------------------------
     def model_input(self, images):
-        from jtl.train.tasks import normalize_on_device  # noqa: PLC0415
-
         return normalize_on_device(images, self.normalization)
 
     def apply_head(self, params, name, x):
@@ -368,9 +173,7 @@ class AdaptationTask:
         xs, xt = self.model_input(batch["image_s"]), self.model_input(batch["image_t"])
         if not self.uses_target:
             xt = xt[:0]
-        parts = [xs, xt]
-        if self.strong:
-            parts.append(strong_augment(xt, jax.random.fold_in(rng, 1)))
+        parts = [xs, xt] + [VIEWS[v](xt, jax.random.fold_in(rng, i + 1)) for i, v in enumerate(self.views)]
         x = jnp.concatenate(parts)
         if train:
             (logits, feats), upd = self.model.apply(variables, x, train=True, return_features=True,
@@ -383,11 +186,8 @@ class AdaptationTask:
         f = feats["pooled"]
         out = {"logits": logits[:ns], "logits_t": logits[ns:ns + nt], "f_s": f[:ns], "f_t": f[ns:ns + nt],
                "features": {"pooled": f[:ns]}}
-        if self.strong:
-            out["logits_t_strong"] = logits[ns + nt:]
-        if "head2" in self.model.heads:
-            l2 = self.apply_head(variables["params"], "head2", f[: ns + nt])
-            out["logits2"], out["logits2_t"] = l2[:ns], l2[ns:]
+        for i, v in enumerate(self.views):  # each extra view of the target: logits_t_<view>
+            out[f"logits_t_{v}"] = logits[ns + (i + 1) * nt: ns + (i + 2) * nt]
         return out, stats
 
     @staticmethod
@@ -397,12 +197,10 @@ class AdaptationTask:
 
     # -- steps -------------------------------------------------------------------------------
     def make_step(self, loss_fn, cfg):
-        """The step structure: ``single``, or MCD's three phases, each with its own optimizer."""
-        from jtl.train.steps import make_loss_fn, make_train_step  # noqa: PLC0415
-
-        if self.structure == "single":
-            return make_train_step(loss_fn, make_optimizer(cfg, self.state.params))
-        txs = [make_optimizer(_only(cfg, ph.trainable), self.state.params) for ph in self.phases]
+        """One update of everything, or the declared phases, each with its own optimizer."""
+        txs = self.optimizers(cfg, self.state.params)
+        if self.phases is None:
+            return make_train_step(loss_fn, txs[0])
         opts, total = cfg.loss_options.to_dict(), cfg.total_steps
         phase_fns = [jax.value_and_grad(make_loss_fn(self.forward, ph.loss, opts, total, self.head_regex,
                                                      apply_head=self.apply_head), has_aux=True)
@@ -428,14 +226,6 @@ class AdaptationTask:
         return step
 
 
-def heads_of(names: Sequence[str]) -> tuple[str, ...]:
-    """The extra heads the loss pieces ``names`` need: ``disc``, ``adv`` (MDD), ``head2`` (MCD)."""
-    discs = [n for n in names if n in DISC_PIECES]
-    if len(discs) > 1:
-        raise ConfigError(f"loss pieces {discs} would share one discriminator; use one of them per run")
-    return tuple(h for h, need in (("disc", bool(discs)), ("adv", "mdd" in names), ("head2", "mcd" in names)) if need)
-
-
 def _only(cfg, trainable: str):
     """A copy of ``cfg`` whose optimizer freezes every parameter outside ``trainable``."""
     c = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)  # no deep copy: values may be tracers
@@ -447,17 +237,13 @@ def _only(cfg, trainable: str):
 def _load_backbone(cfg, variables):
     """Pretrained weights: a registry name, port dir or .pth (backbone only), a fine-tuning
     run's workdir (backbone only) or an adaptation run's workdir (all but the extra heads)."""
-    from jtl.train.tasks import pretrained_variables  # noqa: PLC0415
-    from jtl.weights import merge_pretrained  # noqa: PLC0415
-
     with phase(f"loading model.init {cfg.model.init}"):
         pre = pretrained_variables(cfg)
     if "backbone" in pre["params"]:
         # Another adaptation run (the source warm-up): keep its backbone, bottleneck and
         # classifier; the method's extra heads start fresh, and so do a bottleneck and
         # classifier of another width (the bottleneck ablation starts from one warm-up).
-        merged, report = merge_pretrained(variables, pre,
-                                          reinit=r"^(params|batch_stats)/(disc|adv|head2|bottleneck|head)/")
+        merged, report = merge_pretrained(variables, pre, reinit=r"^(params|batch_stats)/(?!backbone/)")
         say(f"model.init {cfg.model.init}: {report.summary()}")
         return merged
     pretrained = {"params": {"backbone": pre["params"]}, "batch_stats": {"backbone": pre["batch_stats"]}}
@@ -465,7 +251,3 @@ def _load_backbone(cfg, variables):
                                       reinit=r"^(params|batch_stats)/(?!backbone/)|^(params|batch_stats)/backbone/fc/")
     say(f"model.init {cfg.model.init}: {report.summary()}")
     return merged
-
-
-def build(cfg, mesh):
-    return AdaptationTask(cfg, mesh)

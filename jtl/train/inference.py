@@ -26,22 +26,19 @@ from jtl.train import record
 from jtl.train.checkpoint import restore_variables
 from jtl.train.metrics import classification_metrics
 from jtl.train.runinfo import read_config_json
+from jtl.train.adapt import build_model as build_adaptation_model
 from jtl.train.state import TrainState
 from jtl.train.steps import make_eval_step, make_mesh, shard_batch
+from jtl.train.tasks import normalize_on_device
 
 
 def _forward_of(cfg, workdir: Path, facts: dict):
     """``forward(variables, batch, train=False) -> ({"logits", "features": {"pooled"}}, stats)``."""
-    from jtl.train.tasks import normalize_on_device  # noqa: PLC0415 - tasks imports the data layer
-
     norm = facts["normalization"]
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     num_classes = cfg.model.num_classes
     if facts["recipe"] == "adapt":
-        from jtl.train.adapt import AdaptationModel, heads_of  # noqa: PLC0415
-
-        model = AdaptationModel(cfg.model.name, num_classes, cfg.adapt.bottleneck_dim,
-                                heads_of([n for n, _ in cfg.loss]), cfg.adapt.disc_hidden, dtype)
+        model = build_adaptation_model(cfg)
     else:
         model = create_model(cfg.model.name, num_classes, dtype=dtype)
     backbone = record.load_backbone(workdir) if facts["recipe"] == "linear_probe" else None

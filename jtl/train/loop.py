@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import math
 import os
 import time
@@ -27,6 +26,7 @@ from jtl.distributed import global_rows, is_writer
 from jtl.errors import DataError, JtlError
 from jtl.progress import phase, process_age_s, say
 from jtl.train import lock, record, runinfo
+from jtl.train.build import build_task
 from jtl.train.checkpoint import Checkpoints
 from jtl.train.metrics import SCALAR_KEYS, classification_metrics
 from jtl.train.steps import build_step, jit_train_step, make_eval_step, make_mesh, shard_batch
@@ -100,8 +100,6 @@ class Trainer:
     stacked = False
 
     def __init__(self, cfg, workdir: str | os.PathLike, task=None):
-        from jtl.train.tasks import build_task  # noqa: PLC0415
-
         enable_compilation_cache()
         self.cfg, self.workdir = cfg, Path(workdir).absolute()
         self._locks = [lock.acquire(self.workdir)]

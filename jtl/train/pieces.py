@@ -49,23 +49,91 @@ class Context:
 
 
 @dataclasses.dataclass(frozen=True)
+class Head:
+    """An extra head a piece applies through ``ctx.apply_head(name, x)``: ``hidden`` layers of
+    width ``adapt.disc_hidden`` (ReLU) then ``outputs`` units (``"classes"``: one per class);
+    ``hidden=0`` is one linear layer. ``input_dim(options, feature_dim, num_classes)`` gives its
+    input width (default: the feature width). Heads live in the train state as ``params/<name>``."""
+
+    hidden: int
+    outputs: int | str
+    input_dim: Callable[[dict, int, int], int] | None = None
+
+    def width(self, options: dict, feature_dim: int, num_classes: int) -> int:
+        return self.input_dim(options, feature_dim, num_classes) if self.input_dim else feature_dim
+
+
+@dataclasses.dataclass(frozen=True)
 class Piece:
+    """A loss piece and what it needs from the task, declared when it is registered:
+
+    - ``needs_anchor`` / ``needs_teacher``: the starting variables / their outputs on the batch;
+    - ``heads``: ``{name: Head}`` extra heads it applies (a domain discriminator, ...);
+    - ``views``: extra views of the target batch it reads (``"strong"``: ``out["logits_t_strong"]``);
+    - ``needs_target`` (default True): it reads the unlabelled target batch of an adaptation run;
+      when no piece of a run does, the target never enters the forward pass, not even its
+      BatchNorm statistics (source-only training);
+    - ``phases``: ``phases(loss, cfg) -> [Phase]``, a step made of several updates (MCD).
+    """
+
     fn: Callable[..., jax.Array]
     needs_anchor: bool = False
     needs_teacher: bool = False
+    heads: tuple[tuple[str, Head], ...] = ()
+    views: tuple[str, ...] = ()
+    phases: Callable | None = None
+    needs_target: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One update inside a step: its loss pieces and the parameters it trains (regex)."""
+
+    name: str
+    loss: tuple[tuple[str, float], ...]
+    trainable: str = r"."
+    repeats: int = 1
 
 
 PIECES: dict[str, Piece] = {}
 
 
-def register(name: str, *, needs_anchor: bool = False, needs_teacher: bool = False):
-    """Decorator: make ``fn(ctx, **options) -> scalar`` available as loss piece ``name``."""
+def register(name: str, *, needs_anchor: bool = False, needs_teacher: bool = False, heads: dict | None = None,
+             views: tuple[str, ...] = (), needs_target: bool = True, phases: Callable | None = None):
+    """Decorator: make ``fn(ctx, **options) -> scalar`` available as loss piece ``name``,
+    with the needs it declares (see :class:`Piece`)."""
 
     def wrap(fn):
-        PIECES[name] = Piece(fn, needs_anchor or needs_teacher, needs_teacher)
+        PIECES[name] = Piece(fn, needs_anchor or needs_teacher, needs_teacher, tuple(sorted((heads or {}).items())),
+                             tuple(views), phases, needs_target)
         return fn
 
     return wrap
+
+
+def declared_heads(names) -> dict[str, Head]:
+    """The extra heads the pieces ``names`` need, by name; two different heads of one name are an error."""
+    out: dict[str, Head] = {}
+    for n in names:
+        for head_name, head in get_piece(n).heads:
+            if out.get(head_name, head) != head:
+                users = [m for m in names if head_name in dict(get_piece(m).heads)]
+                raise ConfigError(f"loss pieces {users} need different heads named {head_name!r}; "
+                                  "use one of them per run")
+            out[head_name] = head
+    return out
+
+
+def declared_views(names) -> tuple[str, ...]:
+    return tuple(sorted({v for n in names for v in get_piece(n).views}))
+
+
+def declared_phases(loss, cfg) -> list[Phase] | None:
+    """The phases of a multi-update step, if one piece of ``loss`` declares them (else None: one update)."""
+    builders = [n for n, _ in loss if get_piece(n).phases is not None]
+    if len(builders) > 1:
+        raise ConfigError(f"loss pieces {builders} each declare their own step phases; use one of them per run")
+    return get_piece(builders[0]).phases(loss, cfg) if builders else None
 
 
 def get_piece(name: str) -> Piece:
@@ -83,7 +151,7 @@ def split_head(params, head: str):
     return shared, new
 
 
-@register("ce")
+@register("ce", needs_target=False)
 def ce(ctx: Context, *, label_smoothing: float = 0.0) -> jax.Array:
     """Softmax cross-entropy on the labelled batch (``out["logits"]``, ``batch["label"]``)."""
     logits = ctx.out["logits"].astype(jnp.float32)
@@ -94,7 +162,7 @@ def ce(ctx: Context, *, label_smoothing: float = 0.0) -> jax.Array:
     return per_member_op(lambda z, y: jnp.mean(optax.softmax_cross_entropy(z, y)))(logits, labels)
 
 
-@register("l2sp", needs_anchor=True)
+@register("l2sp", needs_anchor=True, needs_target=False)
 def l2sp_piece(ctx: Context, *, alpha: float = 1.0, beta: float = 0.0) -> jax.Array:
     """L2-SP towards the starting parameters (see :func:`jtl.losses.regularizers.l2sp`)."""
     shared, new = split_head(ctx.params, ctx.head)
@@ -102,7 +170,7 @@ def l2sp_piece(ctx: Context, *, alpha: float = 1.0, beta: float = 0.0) -> jax.Ar
     return regularizers.l2sp(shared, shared0, new, alpha=alpha, beta=beta)
 
 
-@register("delta", needs_teacher=True)
+@register("delta", needs_teacher=True, needs_target=False)
 def delta_piece(ctx: Context, *, layers=None) -> jax.Array:
     """DELTA feature-map distance to the starting model on the same batch (default: every stage output)."""
     feats, feats0 = ctx.out["features"], ctx.teacher["features"]
@@ -110,13 +178,13 @@ def delta_piece(ctx: Context, *, layers=None) -> jax.Array:
     return regularizers.delta([feats[k] for k in layers], [feats0[k] for k in layers])
 
 
-@register("bss")
+@register("bss", needs_target=False)
 def bss_piece(ctx: Context, *, k: int = 1) -> jax.Array:
     """Batch spectral shrinkage of the pooled features."""
     return regularizers.bss(ctx.out["features"]["pooled"], k)
 
 
-@register("lwf", needs_teacher=True)
+@register("lwf", needs_teacher=True, needs_target=False)
 def lwf_piece(ctx: Context, *, temperature: float = 2.0) -> jax.Array:
     """LwF distillation through the starting model's head (``anchor["old_head"]``)."""
     head = ctx.anchor.get("old_head") if isinstance(ctx.anchor, dict) else None

@@ -18,12 +18,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jtl import data as jdata
 from jtl.errors import ConfigError, DataError
 from jtl.models import Dense
 from jtl.optim import make_optimizer, make_schedule
 from jtl.progress import phase
-from jtl.train.state import TrainState
-from jtl.train.tasks import ClassificationTask
+from jtl.train.state import initial_state
+from jtl.train.steps import make_eval_step, make_train_step, shard_batch
+from jtl.train.tasks import ClassificationTask, load_source
 
 
 class _Arrays:
@@ -93,7 +95,6 @@ class LinearProbeTask:
         train_f, train_y = feats.pop("__train__")
         variables = self.model.init(jax.random.key(cfg.seed), jnp.zeros((1, train_f.shape[1])))
         params = jax.tree.map(np.asarray, variables["params"])
-        self.tx = make_optimizer(_probe_optim(cfg), params)
         self.lr = make_schedule(cfg)
         self.train_iterator = _ArrayIterator(_Arrays(train_f, train_y), cfg.batch_size, cfg.seed, True)
         self.eval_iterators = {
@@ -101,16 +102,17 @@ class LinearProbeTask:
             for label, (f, y) in feats.items()
         }
         self.images_per_step = cfg.batch_size
-        state = TrainState(jnp.zeros((), jnp.int32), params, {}, self.tx.init(params),
-                           jax.random.key_data(jax.random.key(cfg.seed + 1)), None)
-        self.state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        self.state = initial_state(params, {}, self.optimizer(cfg, params).init(params), cfg.seed, mesh)
+
+    @staticmethod
+    def optimizer(cfg, params):
+        """One parameter group: everything is the head."""
+        probe = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)  # no deep copy: values may be tracers
+        probe.optim.groups = (("head", r".", 1.0),)
+        return make_optimizer(probe, params)
 
     @staticmethod
     def _extract(cfg, backbone, mesh, cache: Path) -> dict:
-        from jtl.train.steps import make_eval_step, shard_batch  # noqa: PLC0415
-        from jtl.train.tasks import load_source  # noqa: PLC0415
-        from jtl import data as jdata  # noqa: PLC0415
-
         eval_step = make_eval_step(backbone.forward, mesh)
         key = hashlib.sha256(f"{cfg.model.init}|{cfg.data.to_json_best_effort()}|{cfg.seed}".encode()).hexdigest()[:12]
         cache.mkdir(parents=True, exist_ok=True)
@@ -157,17 +159,8 @@ class LinearProbeTask:
         return {"logits": logits, "features": feats}, variables["batch_stats"]
 
     def make_step(self, loss_fn, cfg):
-        from jtl.train.steps import make_train_step  # noqa: PLC0415
-
-        return make_train_step(loss_fn, make_optimizer(_probe_optim(cfg), self.state.params))
+        return make_train_step(loss_fn, self.optimizer(cfg, self.state.params))
 
     @staticmethod
     def prepare(batch: dict) -> dict:
         return {"image": batch["image"], "label": batch["label"]}
-
-
-def _probe_optim(cfg):
-    """The probe's single parameter group: everything is the head."""
-    probe = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)  # no deep copy: values may be tracers
-    probe.optim.groups = (("head", r".", 1.0),)
-    return probe

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 
@@ -25,3 +26,10 @@ class TrainState:
     @property
     def variables(self) -> dict:
         return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def initial_state(params, batch_stats, opt_state, seed: int, mesh, anchor=None) -> TrainState:
+    """The state at step 0, replicated over ``mesh``; the rng is ``key(seed + 1)``."""
+    state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats, opt_state,
+                       jax.random.key_data(jax.random.key(seed + 1)), anchor)
+    return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))

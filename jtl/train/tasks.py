@@ -14,7 +14,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
 from jtl import data as jdata
 from jtl.data.classes import RunClasses
@@ -24,7 +23,8 @@ from jtl.models import create_model
 from jtl.optim import frozen_modules, make_optimizer, make_schedule
 from jtl.progress import phase, say
 from jtl.train.pieces import get_piece
-from jtl.train.state import TrainState
+from jtl.train.state import initial_state
+from jtl.train.steps import make_train_step
 
 
 def load_source(cfg, name: str, split: str, *, budget: bool, classes: RunClasses | None = None):
@@ -177,7 +177,6 @@ class ClassificationTask:
         frozen = frozen_modules(shapes["params"], cfg.freeze)
         self.model = create_model(cfg.model.name, cfg.model.num_classes, dtype=dtype, frozen_bn=frozen)
         variables, old_head = initial_variables(cfg, self.model, sample_x, cfg.model.head)
-        self.tx = make_optimizer(cfg, variables["params"])
         self.lr = make_schedule(cfg)
         needs_anchor = any(get_piece(name).needs_anchor for name, _ in cfg.loss)
         anchor = None
@@ -185,16 +184,14 @@ class ClassificationTask:
             anchor = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
             if old_head is not None:
                 anchor["old_head"] = old_head
-        state = TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=variables["params"],
-            batch_stats=variables["batch_stats"],
-            opt_state=self.tx.init(variables["params"]),
-            rng=jax.random.key_data(jax.random.key(cfg.seed + 1)),
-            anchor=anchor,
-        )
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        self.state = jax.device_put(state, replicated)
+        opt_state = self.optimizer(cfg, variables["params"]).init(variables["params"])
+        self.state = initial_state(variables["params"], variables["batch_stats"], opt_state, cfg.seed, mesh, anchor)
+
+    @staticmethod
+    def optimizer(cfg, params):
+        """The run's optimizer (built for the initial state, and again, from a config that may hold a
+        vectorized sweep's traced numbers, for the step)."""
+        return make_optimizer(cfg, params)
 
     def model_input(self, images):
         return normalize_on_device(images, self.normalization)
@@ -209,27 +206,8 @@ class ClassificationTask:
         return {"logits": logits, "features": feats}, variables["batch_stats"]
 
     def make_step(self, loss_fn, cfg):
-        from jtl.train.steps import make_train_step  # noqa: PLC0415
-
-        return make_train_step(loss_fn, make_optimizer(cfg, self.state.params), accum=cfg.grad_accum_steps)
+        return make_train_step(loss_fn, self.optimizer(cfg, self.state.params), accum=cfg.grad_accum_steps)
 
     @staticmethod
     def prepare(batch: dict) -> dict:
         return {"image": batch["image"], "label": batch["label"]}
-
-
-def build_task(cfg, mesh, workdir):
-    """The task for ``cfg.recipe``: "train" (supervised) or "linear_probe"."""
-    if cfg.adapt.target:
-        from jtl.train.adapt import AdaptationTask  # noqa: PLC0415
-
-        return AdaptationTask(cfg, mesh)
-    if cfg.recipe == "linear_probe":
-        from jtl.train.probe import LinearProbeTask  # noqa: PLC0415
-
-        return LinearProbeTask(cfg, mesh, workdir)
-    return ClassificationTask(cfg, mesh)
-
-
-def flat_paths(tree) -> list[str]:
-    return ["/".join(k) for k in traverse_util.flatten_dict(tree)]

@@ -35,6 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jtl.errors import JtlError
 from jtl.train import lock, record, runinfo
+from jtl.train.build import build_task
 from jtl.train.checkpoint import Checkpoints
 from jtl.train.loop import Member, Trainer, check_finite_batch, enable_compilation_cache, record_eval
 from jtl.train.steps import build_step, make_mesh
@@ -148,8 +149,6 @@ class VectorTrainer(Trainer):
     stacked = True
 
     def __init__(self, cfgs: Sequence, workdirs: Sequence[str | Path]):
-        from jtl.train.tasks import build_task  # noqa: PLC0415
-
         if len(plan_groups(cfgs)) != 1:
             raise NotVectorizable("the configurations differ in more than vectorizable numbers")
         enable_compilation_cache()

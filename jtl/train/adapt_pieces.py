@@ -1,0 +1,222 @@
+"""The domain-adaptation loss pieces and what each declares it needs.
+
+Pieces see ``f_s, f_t`` (bottleneck features), ``logits`` (source) and ``logits_t``
+(target), and apply the extra heads they declare through ``ctx.apply_head``: a domain
+discriminator ``disc`` (``dann``, ``cdan``, ``wdgrl``), MDD's adversarial classifier
+``adv``, MCD's second classifier ``head2``. Adversarial pieces put :func:`jtl.losses.grl`
+between features and head, with the warm-up ``lambda_p = 2 / (1 + exp(-alpha p)) - 1``
+(``p`` = training progress). ``fixmatch`` declares the ``strong`` view of the target batch;
+``mcd`` declares its three-update step (:func:`mcd_phases`). The task reads these
+declarations (:mod:`jtl.train.pieces`) and names no piece.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jtl import losses as L
+from jtl.train.pieces import Context, Head, Phase, register
+
+# The heads pieces declare (widths: adapt.disc_hidden; "classes": one output per class).
+DISC = Head(hidden=2, outputs=1)
+ADV = Head(hidden=1, outputs="classes")  # MDD's adversary must be as strong as an MLP (Zhang et al. 2019)
+SECOND_CLASSIFIER = Head(hidden=0, outputs="classes")
+
+
+def _cdan_width(options: dict, feature_dim: int, num_classes: int) -> int:
+    """CDAN's discriminator input: ``f (x) softmax(g)`` (d * K), or its randomized map's ``dim``."""
+    opts = options.get("cdan", {})
+    return opts.get("dim", 1024) if opts.get("randomized", False) else feature_dim * num_classes
+
+
+CDAN_DISC = Head(hidden=2, outputs=1, input_dim=_cdan_width)
+
+
+# ---------------------------------------------------------------------------------- step structures
+def mcd_phases(loss: Sequence[tuple[str, float]], cfg) -> list[Phase]:
+    """Saito et al. (2018): A) all on source CE of both classifiers (plus any other pieces);
+    B) classifiers on CE - w*discrepancy; C) features on w*discrepancy, n times."""
+    w = dict(loss)["mcd"]
+    others = tuple((n, v) for n, v in loss if n not in ("mcd", "ce", "ce2"))
+    ce = (("ce", 1.0), ("ce2", 1.0))
+    return [
+        Phase("A", ce + others),
+        Phase("B", ce + (("mcd", -w),), r"^(head|head2)/"),
+        Phase("C", (("mcd", w),), r"^(backbone|bottleneck)/", cfg.adapt.mcd_generator_steps),
+    ]
+
+
+def _coeff(ctx: Context, alpha: float, high: float = 1.0):
+    return L.grl_coeff(ctx.progress, alpha=alpha, high=high)
+
+
+def _both(ctx):
+    return jnp.concatenate([ctx.out["f_s"], ctx.out["f_t"]]), ctx.out["f_s"].shape[0]
+
+
+@register("dann", heads={"disc": DISC})
+def dann_piece(ctx: Context, *, alpha: float = 10.0, high: float = 1.0):
+    """DANN: discriminator on ``grl(f)``; also reports the discriminator's accuracy.
+    ``high`` is the final reversal coefficient (0: the discriminator learns, the features ignore it)."""
+    f, n = _both(ctx)
+    d = ctx.apply_head("disc", L.grl(f, _coeff(ctx, alpha, high)))[:, 0]
+    acc = 0.5 * (jnp.mean(d[:n] > 0) + jnp.mean(d[n:] < 0))
+    return L.dann(d[:n], d[n:]), {"disc_accuracy": acc}
+
+
+def cdan_input(f, logits, *, randomized: bool, dim: int, seed: int = 0):
+    """CDAN's conditioning ``f (x) softmax(g)``, or its randomized version of width ``dim``."""
+    if not randomized:
+        return L.multilinear_map(f, logits)
+    rf, rg = L.randomized_multilinear_matrices(jax.random.key(seed), f.shape[-1], logits.shape[-1], dim)
+    return L.randomized_multilinear_map(f, logits, rf, rg)
+
+
+@register("cdan", heads={"disc": CDAN_DISC})
+def cdan_piece(ctx: Context, *, alpha: float = 10.0, entropy: bool = True, randomized: bool = False,
+               dim: int = 1024):
+    """CDAN(+E): discriminator on ``grl(f (x) softmax(g))``; ``entropy`` weights by 1 + exp(-H)."""
+    f, n = _both(ctx)
+    g = jnp.concatenate([ctx.out["logits"], ctx.out["logits_t"]])
+    h = cdan_input(f, g, randomized=randomized, dim=dim)
+    d = ctx.apply_head("disc", L.grl(h, _coeff(ctx, alpha)))[:, 0]
+    ws = wt = None
+    if entropy:
+        p = jax.nn.softmax(g)
+        ws, wt = L.entropy_weights(p[:n]), L.entropy_weights(p[n:])
+    acc = 0.5 * (jnp.mean(d[:n] > 0) + jnp.mean(d[n:] < 0))
+    return L.cdan(d[:n], d[n:], ws, wt), {"disc_accuracy": acc}
+
+
+@register("mmd")
+def mmd_piece(ctx: Context, *, alphas=(0.5, 1.0, 2.0), linear: bool = False):
+    """DAN: multi-kernel MMD between source and target bottleneck features."""
+    return L.mk_mmd(ctx.out["f_s"], ctx.out["f_t"], alphas=tuple(alphas), linear=linear)
+
+
+@register("jmmd")
+def jmmd_piece(ctx: Context, *, linear: bool = False):
+    """JAN: joint MMD over (features, softmax outputs)."""
+    ps, pt = jax.nn.softmax(ctx.out["logits"]), jax.nn.softmax(ctx.out["logits_t"])
+    return L.jmmd([ctx.out["f_s"], ps], [ctx.out["f_t"], pt], linear=linear)
+
+
+@register("coral")
+def coral_piece(ctx: Context):
+    """Deep CORAL on the bottleneck features."""
+    return L.coral(ctx.out["f_s"], ctx.out["f_t"])
+
+
+@register("mdd", heads={"adv": ADV})
+def mdd_piece(ctx: Context, *, margin: float = 4.0, alpha: float = 10.0, high: float = 0.1):
+    """MDD: the adversarial classifier on ``grl(f)`` against the main classifier's predictions.
+
+    The reversal coefficient ramps to ``high`` = 0.1: with the margin's weight gamma on the
+    source term, a full-strength reversal lets the features destroy source accuracy
+    (measured: digits -> digits:mnistm fell below source-only at 1.0)."""
+    f, n = _both(ctx)
+    adv = ctx.apply_head("adv", L.grl(f, _coeff(ctx, alpha, high)))
+    return L.mdd((ctx.out["logits"], ctx.out["logits_t"]), adv[:n], adv[n:], margin=margin)
+
+
+@register("wdgrl", heads={"disc": DISC})
+def wdgrl_piece(ctx: Context, *, alpha: float = 10.0, gp_weight: float = 10.0):
+    """WDGRL: the critic maximises ``W = mean c(f_s) - mean c(f_t)`` (minus the gradient
+    penalty) while, through the reversal layer, the features minimise it."""
+    f, n = _both(ctx)
+    c = ctx.apply_head("disc", L.grl(f, _coeff(ctx, alpha)))[:, 0]
+    critic = lambda x: ctx.apply_head("disc", x)[:, 0]
+    w = L.wdgrl_critic(c[:n], c[n:])
+    gp = L.gradient_penalty(critic, ctx.out["f_s"], ctx.out["f_t"], ctx.rng)
+    return -w + gp_weight * gp, {"wasserstein": w}
+
+
+@register("bsp")
+def bsp_piece(ctx: Context, *, k: int = 1):
+    """BSP: penalise the top-k singular values of each domain's features."""
+    return L.bsp(ctx.out["f_s"], ctx.out["f_t"], k=k)
+
+
+@register("afn")
+def afn_piece(ctx: Context, *, delta: float = 1.0):
+    """SAFN: enlarge feature norms step by step (both domains)."""
+    f, _ = _both(ctx)
+    return L.afn(f, delta=delta)
+
+
+@register("mcc")
+def mcc_piece(ctx: Context, *, temperature: float = 2.5):
+    """MCC on the target predictions."""
+    return L.mcc(ctx.out["logits_t"], temperature=temperature)
+
+
+@register("bnm")
+def bnm_piece(ctx: Context):
+    """BNM on the target predictions."""
+    return L.bnm(ctx.out["logits_t"])
+
+
+@register("entropy")
+def entropy_piece(ctx: Context):
+    """Entropy minimisation on the target predictions."""
+    return L.entropy(ctx.out["logits_t"])
+
+
+@register("im")
+def im_piece(ctx: Context):
+    """Information maximisation on the target predictions (entropy minus diversity)."""
+    return L.information_maximization(ctx.out["logits_t"])
+
+
+@register("fixmatch", views=("strong",))
+def fixmatch_piece(ctx: Context, *, threshold: float = 0.95):
+    """Self-training: pseudo-labels of the weak target view supervise the strong view."""
+    loss, aux = L.pseudo_label_loss_with_aux(ctx.out["logits_t"], ctx.out["logits_t_strong"], threshold=threshold)
+    return loss, aux
+
+
+@register("ce2", heads={"head2": SECOND_CLASSIFIER}, needs_target=False)
+def ce2_piece(ctx: Context):
+    """Source cross-entropy of MCD's second classifier."""
+    logits = ctx.apply_head("head2", ctx.out["f_s"])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, ctx.batch["label"]))
+
+
+@register("mcd", heads={"head2": SECOND_CLASSIFIER}, phases=mcd_phases)
+def mcd_piece(ctx: Context):
+    """MCD's classifier discrepancy on the target batch."""
+    return L.mcd_discrepancy(ctx.out["logits_t"], ctx.apply_head("head2", ctx.out["f_t"]))
+
+
+
+
+# ---------------------------------------------------------------------------------- views
+def strong_augment(x: jax.Array, key: jax.Array) -> jax.Array:
+    """A strong view on device (FixMatch-style): random shift up to 1/8 of the size
+    (reflect padding), per-image brightness/contrast in [0.5, 1.5], and a cutout of half
+    the image side filled with the mean."""
+    n, h, w, _ = x.shape
+    k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+    pad = max(h // 8, 1)
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    oy = jax.random.randint(k1, (n,), 0, 2 * pad + 1)
+    ox = jax.random.randint(k2, (n,), 0, 2 * pad + 1)
+    x = jax.vmap(lambda im, a, b: jax.lax.dynamic_slice(im, (a, b, 0), (h, w, x.shape[-1])))(xp, oy, ox)
+    scale = jax.random.uniform(k3, (n, 2, 1, 1, 1), minval=0.5, maxval=1.5)
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    x = (x - mean) * scale[:, 0] + mean * scale[:, 1]
+    size = max(h // 2, 1)
+    cy = jax.random.randint(k4, (n,), 0, h)
+    cx = jax.random.randint(k5, (n,), 0, w)
+    yy, xx = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
+    inside = (jnp.abs(yy - cy[:, None, None]) <= size // 2) & (jnp.abs(xx - cx[:, None, None]) <= size // 2)
+    return jnp.where(inside[..., None], mean, x)
+
+
+
+
+VIEWS = {"strong": strong_augment}  # view name -> (target images, key) -> images
