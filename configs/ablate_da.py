@@ -16,6 +16,7 @@ Each study crosses its values with seeds 0, 1, 2. Members that differ only in nu
 
 from da_common import da_config
 
+from jtl.config import config_args
 from jtl.sweep import grid
 
 SEEDS = (0, 1, 2)
@@ -26,8 +27,8 @@ BANDWIDTHS = ((1.0,), (0.5, 1.0, 2.0), (0.25, 0.5, 1.0, 2.0, 4.0), (0.125, 0.25,
 
 
 def _parse(arg):
-    study, method, *rest = (arg or "tradeoff,dann").split(",")
-    return study, method, dict(r.split("=", 1) for r in rest)
+    a = config_args(arg, ("study", "method"), study="tradeoff", method="dann", init="")
+    return a["study"], a["method"], a
 
 
 def get_config(arg=None):

@@ -9,6 +9,7 @@ warm-up; adaptation methods start from the source-only run of the same seed
 
 import ml_collections
 
+from jtl.config import config_args
 from jtl.methods import OPTIONS, method
 
 SEEDS = (0, 1, 2)
@@ -17,11 +18,10 @@ SEEDS = (0, 1, 2)
 def da_config(arg, *, source, target, classes=(), image_size=32, channels=3, num_classes=10,
               steps=1000, batch_size=64):
     """``arg`` = ``METHOD`` or ``METHOD,init=WORKDIR`` (and ``seeds=...`` for :func:`da_sweep`)."""
-    name, *rest = (arg or "source_only").split(",")
-    opts = dict(r.split("=", 1) for r in rest)
+    opts = config_args(arg, ("method",), method="source_only", init="", seeds="")
+    name = opts["method"]
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict({"name": "cifar_resnet8", "num_classes": num_classes,
-                                         "init": opts.get("init", "")})
+    c.model = ml_collections.ConfigDict({"name": "cifar_resnet8", "num_classes": num_classes, "init": opts["init"]})
     c.data = ml_collections.ConfigDict({
         "train": source, "classes": classes, "val_fraction": 0.1, "image_size": image_size, "channels": channels,
         "normalize": "dataset", "augment": (),
@@ -50,8 +50,7 @@ def da_sweep(arg):
     """``get_sweep`` of the configs/da_*.py files: the method on each seed (``seeds=0:1:2``), with
     predictions saved for model selection; ``init=DIR`` starts seed S from ``DIR/seed<S>`` (the
     source warm-ups). The seeds differ only in numbers and starting weights: one vectorized program."""
-    _, *rest = (arg or "source_only").split(",")
-    opts = dict(r.split("=", 1) for r in rest)
-    seeds = [int(x) for x in opts["seeds"].split(":")] if "seeds" in opts else SEEDS
-    return [{"seed": s, "save_predictions": True, **({"model.init": f"{opts['init']}/seed{s}"} if "init" in opts else {})}
+    opts = config_args(arg, ("method",), method="source_only", init="", seeds="")
+    seeds = [int(x) for x in opts["seeds"].split(":")] if opts["seeds"] else SEEDS
+    return [{"seed": s, "save_predictions": True, **({"model.init": f"{opts['init']}/seed{s}"} if opts["init"] else {})}
             for s in seeds]

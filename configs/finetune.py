@@ -24,6 +24,8 @@ labelled set is refused.
 
 import ml_collections
 
+from jtl.config import config_args
+
 SOURCE, TARGET = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
 
@@ -33,18 +35,16 @@ def batch_size_for(limit: int) -> int:
 
 
 def get_config(arg: str = "source"):
-    arg, *rest = (arg or "source").split(",")
-    opts = dict(r.split("=", 1) if "=" in r else (r, "") for r in rest)
-    if set(opts) - {"limit"}:
-        raise ValueError(f"unknown option(s) {sorted(set(opts) - {'limit'})}: ARG is RECIPE or RECIPE,limit=N")
-    limit = int(opts.get("limit", 0))
-    if limit < 0:
-        raise ValueError(f"limit={limit}: give a label budget N >= 0 (0 = all labels)")
+    opts = config_args(arg, ("recipe",), recipe="source", limit="0")
+    recipe = opts["recipe"]
+    if not opts["limit"].isdigit():
+        raise ValueError(f"limit={opts['limit']}: give a label budget N >= 0 (0 = all labels)")
+    limit = int(opts["limit"])
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict({"name": "cifar_resnet8", "num_classes": 5, "init": ""})
     c.data = ml_collections.ConfigDict({
         "train": "fashion_mnist",
-        "classes": SOURCE if arg == "source" else TARGET,
+        "classes": SOURCE if recipe == "source" else TARGET,
         "eval": ("test=fashion_mnist:test",),
         "image_size": 28,
         "channels": 1,
@@ -56,20 +56,20 @@ def get_config(arg: str = "source"):
     c.eval_batch_size = 500
     c.optim = ml_collections.ConfigDict({"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
                                          "schedule": "cosine", "warmup_steps": 20})
-    if arg == "source":
+    if recipe == "source":
         c.total_steps = 400
-    elif arg in ("finetune", "scratch"):
+    elif recipe in ("finetune", "scratch"):
         c.total_steps = 300
-        if arg == "finetune":
+        if recipe == "finetune":
             # The pretrained backbone moves 10x slower than the new head.
             c.optim.groups = (("head", r"^fc/", 1.0), ("backbone", r"^(?!fc/)", 0.1))
-    elif arg == "linear_probe":
+    elif recipe == "linear_probe":
         c.recipe = "linear_probe"
         c.total_steps = 300
         c.optim.weight_decay = 1e-4
         c.data.augment = ()
     else:
-        raise ValueError(f"unknown recipe {arg!r}: source, finetune, scratch or linear_probe")
+        raise ValueError(f"unknown recipe {recipe!r}: source, finetune, scratch or linear_probe")
     c.eval_every = 0
     c.checkpoint_every = 0
     c.log_every = 50

@@ -14,7 +14,7 @@ import math
 import os
 import re
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import ml_collections
 
@@ -90,8 +90,9 @@ def defaults() -> ConfigDict:
     c.adapt.disc_hidden = 1024
     c.adapt.mcd_generator_steps = 4
 
-    # Weighted loss pieces sharing one forward pass, e.g. (("ce", 1.0), ("l2sp", 0.01)).
-    c.loss = (("ce", 1.0),)
+    # Weighted loss pieces sharing one forward pass, {name: weight} in order, e.g. {"ce": 1.0, "l2sp": 0.01}
+    # (a file may also give (name, weight) pairs); --config.loss.NAME=W sets or adds one weight.
+    c.loss = loss_mapping({"ce": 1.0})
     c.loss_options = ConfigDict()  # per-piece options, e.g. loss_options.l2sp = {"alpha": 0.01}
     c.loss_options.ce = ConfigDict({"label_smoothing": 0.0})
     return c
@@ -112,6 +113,32 @@ def load_module(path: str):
     finally:
         sys.path.remove(folder)
     return module
+
+
+def config_args(arg: str | None, positional: Sequence[str] = (), **defaults: str) -> dict[str, str]:
+    """The argument of ``configs/FILE.py:ARG``, parsed one way for every config file.
+
+    ``ARG = P1,P2,...,KEY=VALUE,...``: the leading bare values fill ``positional`` in order,
+    the rest are ``KEY=VALUE``. ``defaults`` gives every option's default, and so its known
+    keys, e.g. ``config_args("dann,init=runs/s", ("method",), method="source_only", init="")``
+    -> ``{"method": "dann", "init": "runs/s"}``. An unknown key or a stray value is an error.
+    """
+    out = dict(defaults)
+    parts = [p for p in (arg or "").split(",") if p]
+    names = list(positional)
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep:
+            if not names:
+                raise ConfigError(f"config argument {arg!r}: unexpected value {part!r}; "
+                                  f"write {','.join(positional) or 'KEY=VALUE'}" + ",KEY=VALUE" * bool(positional))
+            out[names.pop(0)] = part
+        elif key in defaults and key not in positional:
+            out[key] = value
+        else:
+            known = ", ".join(k for k in defaults if k not in positional) or "none"
+            raise ConfigError(f"config argument {arg!r}: unknown option {key!r} (known: {known})")
+    return out
 
 
 def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
@@ -147,9 +174,29 @@ def resolve(cfg: ConfigDict | dict, overrides: Iterable[str] = ()) -> ConfigDict
     return base
 
 
+def loss_mapping(value, what: str = "loss") -> ConfigDict:
+    """``loss`` as a ``{name: weight}`` ConfigDict, in order, from a mapping or from ``(name, weight)``
+    pairs (config files, overrides and ``config.json`` files written before the mapping): the one
+    place where the two forms meet."""
+    items = value.items() if hasattr(value, "items") else value
+    try:
+        pairs = [(n, w) for n, w in items]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be {{name: weight}} or (name, weight) pairs, got {value!r}") from None
+    for n, w in pairs:
+        if not isinstance(n, str) or isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ConfigError(f"{what} entries must be name: finite weight, got {n!r}: {w!r}")
+    if len({n for n, _ in pairs}) != len(pairs):
+        raise ConfigError(f"{what} names a piece twice: {[n for n, _ in pairs]}")
+    return ConfigDict({n: float(w) for n, w in pairs})
+
+
 def _merge(base: ConfigDict, new, prefix: str) -> None:
     for key, value in (new.items() if hasattr(new, "items") else []):
         name = f"{prefix}{key}"
+        if name == "loss":
+            base.loss = loss_mapping(value)  # replaced whole: a file's loss is its complete list
+            continue
         if key not in base:
             if prefix.startswith("loss_options."):
                 base[key] = value  # options of a loss piece: free-form
@@ -166,12 +213,10 @@ def set_value(cfg: ConfigDict, dotted: str, text: str) -> None:
     weight of loss piece NAME (appending the piece if the loss has none of that name)."""
     *parents, leaf = dotted.split(".")
     if parents == ["loss"]:
-        w = _parse(text)
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise ConfigError(f"loss weight {dotted} must be a number, got {text!r}")
-        names = [n for n, _ in cfg.loss]
-        cfg.loss = tuple((n, float(w) if n == leaf else v) for n, v in cfg.loss) + \
-            ((() if leaf in names else ((leaf, float(w)),)))
+        cfg.loss = loss_mapping({**cfg.loss, leaf: _parse(text)}, dotted)
+        return
+    if dotted == "loss":
+        cfg.loss = loss_mapping(_parse(text))
         return
     node = cfg
     for i, p in enumerate(parents):
@@ -281,10 +326,7 @@ def validate(c: ConfigDict) -> None:
         for k in step_key.split("."):
             node = node[k]
         need(node >= 0, f"{step_key} must be >= 0, got {node}")
-    for piece in c.loss:
-        need(isinstance(piece, tuple) and len(piece) == 2 and isinstance(piece[0], str)
-             and isinstance(piece[1], (int, float)) and math.isfinite(piece[1]),
-             f"loss entries must be (name, weight) pairs, got {piece!r}")
+    loss_mapping(c.loss)  # names and finite weights
     for group in c.optim.groups:
         need(isinstance(group, tuple) and len(group) == 3, f"optim.groups entries are (name, regex, lr_mult), got {group!r}")
     for key, regexes in (("freeze", c.freeze), ("optim.groups", [g[1] for g in c.optim.groups])):

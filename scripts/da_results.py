@@ -30,14 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jtl.results import (Run, SelectionRow, Setting, format_number, format_pm, load_run, markdown_table, mean_std,
-                         member_wall_time_s, run_scores, select_settings)
+from jtl.results import load_run, member_wall_time_s, run_scores
+from jtl.results.da_tables import CONTROLS, CRITERIA, TARGET, choose, method_table, selection_table
 
 ROOT = Path(__file__).resolve().parents[1]
-CRITERIA = ("source_val", "snd", "im", "dev")
-TARGET = "target_test/top1"  # the metric: target accuracy (uses target labels)
-# control name -> (method it is a variant of, config overrides)
-CONTROLS = {"dann_weight0": ("dann", ("loss.dann=0.0",))}
 
 
 def run_method(shift: str, method: str, seeds: list[int], root: Path, warmups: Path | None,
@@ -71,28 +67,6 @@ def link_warmups(shift_dir: Path, finished: dict[int, dict]) -> Path:
     return links
 
 
-def _setting(method: str, rows: list[dict]) -> Setting:
-    """One method's runs as a ``jtl collect`` setting: key ``(method,)``, the target accuracy
-    as its metric, and each run's selection scores (``rows``' values) in its score cache."""
-    runs = [Run(Path(str(r.get("workdir", method))), "finished", {"method": method, "seed": r["seed"]},
-                scores={**{c: r[c] for c in CRITERIA}, "oracle": r["target"]}) for r in rows]
-    return Setting((method,), runs, [r["target"] for r in rows], [r["seed"] for r in rows],
-                   [r["wall"] for r in rows])
-
-
-def selection(by_method: dict[str, list[dict]], seeds: list[int], criteria) -> list[SelectionRow]:
-    """Per criterion, the method ``jtl collect``'s selection picks on each seed (controls are
-    never candidates; ``"oracle"``: target accuracy, uses target labels)."""
-    cands = [_setting(m, rs) for m, rs in by_method.items() if m not in CONTROLS]
-    return select_settings(cands, ["method"], list(criteria), TARGET, seeds=seeds)
-
-
-def choose(by_method: dict[str, list[dict]], seed: int, criterion: str) -> str | None:
-    """The method whose run of ``seed`` scores best under ``criterion``; None if none ran."""
-    (row,) = selection(by_method, [seed], [criterion])
-    return row.picked[0].key[0] if row.picked else None
-
-
 def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Path) -> list[str]:
     """Proxy A-distance of every method and, for ``seed``, t-SNE plots and per-class target
     accuracy of source_only and of the method IM picks (features: the final predictions)."""
@@ -122,33 +96,6 @@ def analysis(shift: str, by_method: dict, seed: int, figures: Path, doc_dir: Pat
                   per_class_table(tg["logits"], tg["labels"], title=f"{shift}: {method}, per-class target accuracy "
                                   "(oracle: uses target labels)"), ""]
     return lines
-
-
-def method_table(by_method: dict[str, list[dict]]) -> list[str]:
-    """One row per method (controls marked): mean +- std over seeds of target accuracy
-    (oracle), the selection scores and the wall time of a run."""
-    rows = []
-    for method, rs in by_method.items():
-        s = _setting(method, rs)
-        label = f"{method} (control: {CONTROLS[method][0]}, {', '.join(CONTROLS[method][1])})" \
-            if method in CONTROLS else method
-        scores = [format_pm(*mean_std([r.scores[c] for r in s.runs]), 100 if c == "source_val" else 1)
-                  for c in CRITERIA]
-        rows.append([label, format_pm(s.mean(), s.std(), 100), *scores, format_number(s.mean_wall(), digits=0)])
-    return markdown_table(["method", "target top-1 (oracle)", "source val", "SND", "IM", "DEV", "wall s"],
-                          "l" * 7, rows)
-
-
-def selection_table(by_method: dict[str, list[dict]], seeds: list[int]) -> list[str]:
-    """Per criterion: the method chosen on each seed, the chosen runs' target accuracy (mean +- std)
-    and its gain over source-only's mean (and over each control's mean)."""
-    controls = [c for c in CONTROLS if c in by_method]
-    base = [_setting(m, by_method[m]).mean() for m in ["source_only"] + controls]
-    rows = [[row.label, ", ".join(s.key[0] for s in row.picked), format_pm(row.mean(), row.std(), 100),
-             *(f"{100 * (row.mean() - b):+.2f}" for b in base)]
-            for row in selection(by_method, seeds, CRITERIA + ("oracle",))]
-    return markdown_table(["selection", "chosen (per seed)", "target top-1", "vs source_only",
-                           *(f"vs {c}" for c in controls)], "l" * (4 + len(controls)), rows)
 
 
 def main(argv=None) -> int:

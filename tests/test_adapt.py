@@ -45,7 +45,7 @@ def test_every_method_trains(method, tmp_path):
     for r in rows:
         losses = {k: v for k, v in r.items() if "loss" in k}
         assert losses and all(np.isfinite(v) for v in losses.values()), r
-    for name, _ in METHODS[method]:
+    for name in METHODS[method]:
         assert any(k.endswith(f"loss/{name}") for k in rows[0]), (name, sorted(rows[0]))
     after = trainer.state.params["head"]
     assert any(not np.array_equal(before[k], np.asarray(after[k])) for k in before)

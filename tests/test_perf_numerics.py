@@ -1,5 +1,6 @@
-"""The fast formulations in jtl.models.layers against the plain XLA ones, and the PyTorch
-reference models of scripts/bench_train_step.py against jtl's architectures.
+"""The fast formulations in jtl.models.layers against the plain XLA ones, and the benchmark
+library jtl.bench: its PyTorch reference models against jtl's architectures, its DANN step,
+its convolution recording and its grouping of compiled operations.
 
 ``conv2d`` (1x1 kernels as a matrix product, im2col on maps of <= 2x2 outputs, XLA's
 convolution elsewhere) and ``max_pool_3x3_s2`` (custom gradient) must agree with
@@ -15,7 +16,6 @@ import pytest
 
 from jtl.models import create_model
 from jtl.models import layers as L
-from script_helpers import load_script
 
 RTOL = 1e-5
 
@@ -109,7 +109,9 @@ def test_model_train_step_gradients_match_plain(name, size, monkeypatch):
 
 def _torch_ref_models():
     pytest.importorskip("torch")
-    return load_script("torch_ref_models")
+    from jtl.bench import torch_models
+
+    return torch_models
 
 
 def _count(tree) -> int:
@@ -135,22 +137,28 @@ def test_torch_reference_models_have_jtl_parameter_counts(name, classes, size):
 
 def test_torch_reference_adaptation_model_parameter_count():
     tm = _torch_ref_models()
+    from jtl.bench.cases import BOTTLENECK, CASES, DISC_HIDDEN
+    from jtl.bench.jtl_step import dann_model
     from jtl.train.adapt import AdaptationModel
 
-    model = AdaptationModel("cifar_resnet8", 5, 256, ("disc",), 1024)
-    shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), 256, method=AdaptationModel.init_all),
+    case = CASES["dann_32"]
+    model = dann_model(case)
+    assert (model.bottleneck_dim, model.disc_hidden) == (BOTTLENECK, DISC_HIDDEN) == (256, 1024)
+    shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), method=AdaptationModel.init_all),
                             jax.random.key(0))
-    assert tm.num_params(tm.AdaptationModel("cifar_resnet8", 5, 256, 1024)) == _count(shapes["params"])
+    ref = tm.AdaptationModel(case.arch, case.num_classes, BOTTLENECK, DISC_HIDDEN)
+    assert tm.num_params(ref) == _count(shapes["params"])
 
 
 def test_bench_dann_step_loss_is_ce_plus_dann():
     """The bench's DANN case runs jtl's adaptation step: its first loss equals source
     cross-entropy + 1/2[BCE(D(f_s),1) + BCE(D(f_t),0)], computed in numpy from the model's outputs."""
+    from jtl.bench.cases import Case
+    from jtl.bench.jtl_step import build_jtl
     from jtl.train.adapt import AdaptationModel
 
-    bench = load_script("bench_train_step")
     batch = 4
-    model, step, state, dev_batch, x, y = bench.build_jtl("cifar_resnet8", 5, 32, batch, True)
+    model, step, state, dev_batch, x, y = build_jtl(Case("cifar_resnet8", 5, 32, batch, True))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     (logits, feats), _ = model.apply(variables, jnp.asarray(x), train=True, return_features=True,
                                      mutable=["batch_stats"])
@@ -167,9 +175,11 @@ def test_bench_dann_step_loss_is_ce_plus_dann():
 
 @pytest.mark.parametrize("arch,size", [("cifar_resnet8", 32), ("resnet18", 64)])
 def test_bench_conv_layers_records_every_convolution(arch, size):
-    """scripts/bench_conv_layers.py times each convolution of the model once per layer: the
-    layers it records are exactly the model's 4-D (HWIO) kernels, with their shapes."""
-    seen = load_script("bench_conv_layers").conv_layers(arch, size, 2)
+    """jtl.bench.conv_layers (scripts/bench_conv_layers.py) times each convolution of the model once
+    per layer: the layers it records are exactly the model's 4-D (HWIO) kernels, with their shapes."""
+    from jtl.bench.conv_layers import conv_layers
+
+    seen = conv_layers(arch, size, 2)
     shapes = jax.eval_shape(create_model(arch, 10).init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
     kernels = sorted(tuple(v.shape) for v in jax.tree.leaves(shapes["params"]) if v.ndim == 4)
     recorded = sorted(k for (_, k, _, _), n in seen.items() for _ in range(n))
@@ -178,13 +188,40 @@ def test_bench_conv_layers_records_every_convolution(arch, size):
 
 
 def test_profile_train_step_groups_operations_by_what_they_compute():
-    """scripts/profile_train_step.py's grouping of a compiled program's operations."""
-    mod = load_script("profile_train_step")
+    """jtl.bench.trace's grouping of a compiled program's operations (scripts/profile_train_step.py)."""
+    from jtl.bench.trace import classify
 
     def f(x, k, m):
         y = L.conv2d_plain(x, k, 1, 1)
         return y, jnp.sum(x, axis=(1, 2)) @ m, jnp.transpose(x, (3, 1, 2, 0)) * 2.0
 
     args = (jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 5)), jnp.ones((4, 6)))
-    groups = mod.classify(jax.jit(f).lower(*args).compile().as_text())
+    groups = classify(jax.jit(f).lower(*args).compile().as_text())
     assert {"convolution", "dot", "transpose"} <= set(groups.values())
+
+
+def test_bench_rounds_interleave_in_order():
+    """jtl.bench.timing.rounds calls every function once per round, in order, and keeps what each measured."""
+    from jtl.bench.timing import rounds
+
+    calls = []
+    out = rounds({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
+    assert calls == ["a", "b"] * 3
+    assert out == {"a": [1.0] * 3, "b": [2.0] * 3}
+
+
+def test_torch_worker_runs_the_reference_dann_step():
+    """The PyTorch side runs in a worker process (``python -m jtl.bench.torch_step``)."""
+    pytest.importorskip("torch")
+    from jtl.bench.cases import Case
+    from jtl.bench.torch_step import TorchWorker
+
+    worker = TorchWorker(OMP_WAIT_POLICY="passive")
+    try:
+        built = worker.call(cmd="build", case=list(Case("cifar_resnet8", 5, 8, 2, True)), threads=1,
+                            channels_last=True)
+        assert built["first_s"] > 0 and worker.run(2) > 0
+        assert np.isfinite(worker.call(cmd="stats")["loss"])
+    finally:
+        worker.close()
+    assert worker.proc.returncode == 0

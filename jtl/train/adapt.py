@@ -31,8 +31,7 @@ from jtl.models.heads import Bottleneck, MLPHead
 from jtl.models.layers import Dense
 from jtl.optim import make_optimizer, make_schedule
 from jtl.progress import phase, say
-from jtl.train import adapt_pieces  # noqa: F401 - registers the adaptation pieces
-from jtl.train.adapt_pieces import VIEWS
+from jtl.train.adapt_pieces import VIEWS  # (importing adapt_pieces registers the adaptation pieces)
 from jtl.train.pieces import Head, declared_heads, declared_phases, declared_views, get_piece
 from jtl.train.state import TrainState, initial_state
 from jtl.train.steps import make_loss_fn, make_train_step
@@ -89,7 +88,7 @@ class AdaptationModel(nn.Module):
 
 def model_heads(cfg) -> tuple[tuple[str, Head, int], ...]:
     """The extra heads the run's pieces declare, with their input widths."""
-    heads = declared_heads([n for n, _ in cfg.loss])
+    heads = declared_heads(list(cfg.loss))
     bad = sorted(set(heads) & set(RESERVED))
     if bad:
         raise ConfigError(f"a loss piece declares a head named {bad[0]!r}, a name of the model's own modules")
@@ -104,6 +103,46 @@ def build_model(cfg) -> AdaptationModel:
                            cfg.adapt.disc_hidden, dtype)
 
 
+def apply_head(model: AdaptationModel, params, name: str, x):
+    """Extra head ``name`` of ``model`` on inputs ``x``, with ``params`` (those being trained)."""
+    return model.apply({"params": params}, name, x, method=AdaptationModel.apply_head)
+
+
+def adaptation_forward(model: AdaptationModel, normalization: dict | None, views=(), uses_target: bool = True):
+    """``forward(variables, batch, train, rng=None) -> (out, batch_stats)`` of an adaptation model,
+    without data: one pass over ``[x_s; x_t; view_1(x_t); ...]`` (BatchNorm statistics over all of
+    them), ``out`` = ``logits``, ``logits_t``, ``f_s``, ``f_t``, ``logits_t_<view>`` and
+    ``features``; a batch without ``image_t`` is evaluated on one domain. ``views`` name
+    :data:`jtl.train.adapt_pieces.VIEWS`; without ``uses_target`` the target never enters."""
+
+    def forward(variables, batch, train: bool, rng=None):
+        if "image_t" not in batch:  # evaluation on one domain
+            logits, feats = model.apply(variables, normalize_on_device(batch["image"], normalization), train=False,
+                                        return_features=True)
+            return {"logits": logits, "features": feats}, variables["batch_stats"]
+        xs, xt = normalize_on_device(batch["image_s"], normalization), normalize_on_device(batch["image_t"],
+                                                                                          normalization)
+        if not uses_target:
+            xt = xt[:0]
+        parts = [xs, xt] + [VIEWS[v](xt, jax.random.fold_in(rng, i + 1)) for i, v in enumerate(views)]
+        x = jnp.concatenate(parts)
+        if train:
+            (logits, feats), upd = model.apply(variables, x, train=True, return_features=True, mutable=["batch_stats"])
+            stats = upd["batch_stats"]
+        else:
+            logits, feats = model.apply(variables, x, train=False, return_features=True)
+            stats = variables["batch_stats"]
+        ns, nt = xs.shape[0], xt.shape[0]
+        f = feats["pooled"]
+        out = {"logits": logits[:ns], "logits_t": logits[ns:ns + nt], "f_s": f[:ns], "f_t": f[ns:ns + nt],
+               "features": {"pooled": f[:ns]}}
+        for i, v in enumerate(views):  # each extra view of the target: logits_t_<view>
+            out[f"logits_t_{v}"] = logits[ns + (i + 1) * nt: ns + (i + 2) * nt]
+        return out, stats
+
+    return forward
+
+
 # ---------------------------------------------------------------------------------- the task
 class AdaptationTask:
     """Source labelled + target unlabelled training of an :class:`AdaptationModel`."""
@@ -115,8 +154,8 @@ class AdaptationTask:
             raise ConfigError("freeze is not supported with domain adaptation (adapt.target); use lr multipliers")
         if cfg.grad_accum_steps != 1:
             raise ConfigError("grad_accum_steps > 1 is not supported with domain adaptation")
-        names = [n for n, _ in cfg.loss]
-        self.phases = declared_phases(cfg.loss, cfg)  # None: one update of everything per step
+        names = list(cfg.loss)
+        self.phases = declared_phases(tuple(cfg.loss.items()), cfg)  # None: one update of everything per step
         # Source-only training must not see the target, not even through BatchNorm statistics.
         self.uses_target = any(get_piece(n).needs_target for n in names)
         self.views = declared_views(names)
@@ -159,36 +198,12 @@ class AdaptationTask:
         return [make_optimizer(_only(cfg, ph.trainable), params) for ph in self.phases]
 
     # -- forward -----------------------------------------------------------------------------
-    def model_input(self, images):
-        return normalize_on_device(images, self.normalization)
-
     def apply_head(self, params, name, x):
-        return self.model.apply({"params": params}, name, x, method=AdaptationModel.apply_head)
+        return apply_head(self.model, params, name, x)
 
     def forward(self, variables, batch, train: bool, rng=None):
-        if "image_t" not in batch:  # evaluation on one domain
-            logits, feats = self.model.apply(variables, self.model_input(batch["image"]), train=False,
-                                             return_features=True)
-            return {"logits": logits, "features": feats}, variables["batch_stats"]
-        xs, xt = self.model_input(batch["image_s"]), self.model_input(batch["image_t"])
-        if not self.uses_target:
-            xt = xt[:0]
-        parts = [xs, xt] + [VIEWS[v](xt, jax.random.fold_in(rng, i + 1)) for i, v in enumerate(self.views)]
-        x = jnp.concatenate(parts)
-        if train:
-            (logits, feats), upd = self.model.apply(variables, x, train=True, return_features=True,
-                                                    mutable=["batch_stats"])
-            stats = upd["batch_stats"]
-        else:
-            logits, feats = self.model.apply(variables, x, train=False, return_features=True)
-            stats = variables["batch_stats"]
-        ns, nt = xs.shape[0], xt.shape[0]
-        f = feats["pooled"]
-        out = {"logits": logits[:ns], "logits_t": logits[ns:ns + nt], "f_s": f[:ns], "f_t": f[ns:ns + nt],
-               "features": {"pooled": f[:ns]}}
-        for i, v in enumerate(self.views):  # each extra view of the target: logits_t_<view>
-            out[f"logits_t_{v}"] = logits[ns + (i + 1) * nt: ns + (i + 2) * nt]
-        return out, stats
+        return adaptation_forward(self.model, self.normalization, self.views, self.uses_target)(
+            variables, batch, train, rng)
 
     @staticmethod
     def prepare(batch: dict) -> dict:

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from jtl.distributed import is_writer
-from jtl.errors import JtlError
+from jtl.config import defaults, loss_mapping
+from jtl.errors import ConfigError, JtlError
 from jtl.fileio import atomic_open
 
 CONFIG_FILE = "config.json"
@@ -32,9 +33,8 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 
 def with_defaults(old: dict) -> dict:
-    """A config.json written before a key was added to :func:`jtl.config.defaults`, with that key's default."""
-    from jtl.config import defaults  # noqa: PLC0415
-
+    """A config.json of an earlier jtl in today's form: keys added since get their defaults, and
+    ``loss`` pairs become the ``{name: weight}`` mapping."""
     def fill(d: dict, base: dict) -> dict:
         out = dict(d)
         for k, v in base.items():
@@ -44,7 +44,13 @@ def with_defaults(old: dict) -> dict:
                 out[k] = fill(out[k], v)
         return out
 
-    return fill(old, json.loads(defaults().to_json_best_effort()))
+    out = fill(old, json.loads(defaults().to_json_best_effort()))
+    if isinstance(out.get("loss"), list):  # (name, weight) pairs, as configs were written before the mapping
+        try:
+            out["loss"] = loss_mapping(out["loss"]).to_dict()
+        except ConfigError:
+            pass  # a damaged entry: the comparison then reports that loss differs
+    return out
 
 
 def _comparable(d: dict) -> dict:

@@ -81,7 +81,8 @@ def build_step(task, cfg):
     Every number of ``cfg`` is read here, at trace time, so a vectorized sweep can
     pass a config whose swept values are tracers (:mod:`jtl.train.vector`).
     """
-    loss_fn = make_loss_fn(task.forward, cfg.loss, cfg.loss_options.to_dict(), cfg.total_steps, task.head_regex,
+    loss_fn = make_loss_fn(task.forward, tuple(cfg.loss.items()), cfg.loss_options.to_dict(), cfg.total_steps,
+                           task.head_regex,
                            apply_head=getattr(task, "apply_head", None))
     return task.make_step(loss_fn, cfg)
 

@@ -147,10 +147,25 @@ def normalization_of(cfg, it) -> dict:
 
 def normalize_on_device(images, normalization: dict):
     """uint8 batches are normalised here, on the device; float batches are already normalised."""
-    if images.dtype != jnp.uint8:
+    if images.dtype != jnp.uint8 or normalization is None:
         return images
     n = normalization
     return jdata.preprocess_on_device({"image": images}, n["mean"], n["std"])["image"]
+
+
+def classification_forward(model, normalization: dict | None):
+    """``forward(variables, batch, train, rng=None) -> ({"logits", "features"}, batch_stats)`` of a
+    classifier: no data needed (``normalization`` None: the images are already normalised floats)."""
+
+    def forward(variables, batch, train: bool, rng=None):
+        x = normalize_on_device(batch["image"], normalization)
+        if train:
+            (logits, feats), upd = model.apply(variables, x, train=True, return_features=True, mutable=["batch_stats"])
+            return {"logits": logits, "features": feats}, upd.get("batch_stats", variables["batch_stats"])
+        logits, feats = model.apply(variables, x, train=False, return_features=True)
+        return {"logits": logits, "features": feats}, variables["batch_stats"]
+
+    return forward
 
 
 class ClassificationTask:
@@ -178,7 +193,7 @@ class ClassificationTask:
         self.model = create_model(cfg.model.name, cfg.model.num_classes, dtype=dtype, frozen_bn=frozen)
         variables, old_head = initial_variables(cfg, self.model, sample_x, cfg.model.head)
         self.lr = make_schedule(cfg)
-        needs_anchor = any(get_piece(name).needs_anchor for name, _ in cfg.loss)
+        needs_anchor = any(get_piece(name).needs_anchor for name in cfg.loss)
         anchor = None
         if needs_anchor:
             anchor = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
@@ -193,17 +208,8 @@ class ClassificationTask:
         vectorized sweep's traced numbers, for the step)."""
         return make_optimizer(cfg, params)
 
-    def model_input(self, images):
-        return normalize_on_device(images, self.normalization)
-
     def forward(self, variables, batch, train: bool, rng=None):
-        x = self.model_input(batch["image"])
-        if train:
-            (logits, feats), upd = self.model.apply(variables, x, train=True, return_features=True,
-                                                    mutable=["batch_stats"])
-            return {"logits": logits, "features": feats}, upd.get("batch_stats", variables["batch_stats"])
-        logits, feats = self.model.apply(variables, x, train=False, return_features=True)
-        return {"logits": logits, "features": feats}, variables["batch_stats"]
+        return classification_forward(self.model, self.normalization)(variables, batch, train, rng)
 
     def make_step(self, loss_fn, cfg):
         return make_train_step(loss_fn, self.optimizer(cfg, self.state.params), accum=cfg.grad_accum_steps)

@@ -62,11 +62,10 @@ def flatten(cfg) -> dict[str, Any]:
             key = f"{prefix}{k}"
             if isinstance(v, dict):
                 walk(key + ".", v)
-            elif key == "loss":
-                out["loss"] = tuple(n for n, _ in v)
-                out.update({f"loss.{n}": float(w) for n, w in v})
             else:
                 out[key] = v
+            if key == "loss":  # the pieces (and their order) are structure; their weights are numbers
+                out["loss"] = tuple(v)
 
     walk("", cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
     return out
@@ -115,13 +114,9 @@ def swept_values(cfgs: Sequence) -> dict[str, np.ndarray]:
 
 
 def with_values(cfg, values: dict[str, Any]) -> ml_collections.ConfigDict:
-    """A copy of ``cfg`` with ``values`` (dotted key -> number or tracer) set; ``loss.NAME`` sets a weight."""
+    """A copy of ``cfg`` with ``values`` (dotted key -> number or tracer) set, e.g. ``loss.dann``."""
     c = ml_collections.ConfigDict(cfg.to_dict(), type_safe=False)
     for key, v in values.items():
-        if key.startswith("loss.") and key.count(".") == 1:
-            name = key[5:]
-            c.loss = tuple((n, v if n == name else w) for n, w in c.loss)
-            continue
         *parents, leaf = key.split(".")
         node = c
         for part in parents:

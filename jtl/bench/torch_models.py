@@ -1,4 +1,4 @@
-"""PyTorch reference models for ``scripts/bench_train_step.py`` (written for torch 2.x, no torchvision).
+"""PyTorch reference models for the benchmarks of :mod:`jtl.bench` (written for torch 2.x, no torchvision).
 
 The architectures match :func:`jtl.models.create_model` exactly (same layers, same
 parameter shapes and counts; ``tests/test_perf_numerics.py`` compares the counts):
@@ -8,6 +8,8 @@ parameter shapes and counts; ``tests/test_perf_numerics.py`` compares the counts
 - ``cifar_resnet8``: He et al.'s CIFAR ResNet (3x3/1 stem of 16 channels, no pool,
   stages of 16/32/64 channels, one basic block each).
 - :class:`AdaptationModel`: ``jtl.train.adapt.AdaptationModel`` with its DANN discriminator.
+
+This module imports torch (a dev extra): import it only where PyTorch runs.
 """
 
 from __future__ import annotations
