@@ -13,13 +13,15 @@ Its ``params`` are its flattened config, ``{"optim.lr": 0.01, ...}``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from jtl.errors import DataError
+from jtl.config import loss_mapping
+from jtl.errors import ConfigError, DataError
 
 SWEEP_FILE, CONFIG_FILE, SUMMARY_FILE, FAILED_FILE, OVERRIDES_FILE = (
     "sweep.json", "config.json", "summary.json", "failed.json", "overrides.json")
@@ -71,6 +73,8 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             out.update(flatten(v, key + "."))
+            if key == "loss":  # the whole method as one key too: --group-by loss compares methods
+                out[key] = freeze(v)
         else:
             out[key] = freeze(v)
     return out
@@ -108,6 +112,9 @@ def load_run(path: Path, *, overrides: dict | None = None, sweep: Path | None = 
         except DataError as e:
             return Run(path, "failed", {k: freeze(v) for k, v in (over or {}).items()}, overrides=over,
                        reason=str(e), sweep=sweep)
+        if isinstance(cfg.get("loss"), list):  # (name, weight) pairs, as configs were written before the mapping
+            with contextlib.suppress(ConfigError):
+                cfg["loss"] = loss_mapping(cfg["loss"]).to_dict()
         params = flatten(cfg)
     for k, v in (over or {}).items():  # the resolved config wins; overrides fill in what it lacks
         params.setdefault(k, freeze(v))

@@ -65,6 +65,8 @@ class RunModel:
         if not (self.workdir / "config.json").exists():
             raise JtlError(f"{workdir} is not a jtl run directory (no config.json)")
         self.cfg = resolve(read_config_json(self.workdir / "config.json"))
+        if not (self.workdir / "checkpoints").is_dir():
+            raise JtlError(f"{workdir} has no checkpoint yet; train first")
         if (self.workdir / record.RUN_FILE).exists():
             self.facts = record.read(self.workdir)
         else:  # a run from before run.json: its classes and statistics come from its training data
@@ -73,8 +75,6 @@ class RunModel:
             self.facts = record.reconstruct(self.cfg)
         self.classes = RunClasses.from_json(self.facts)
         self.normalization = self.facts["normalization"]
-        if not (self.workdir / "checkpoints").is_dir():
-            raise JtlError(f"{workdir} has no checkpoint yet; train first")
         restored = restore_variables(self.workdir, checkpoint, strict=True)
         self.step = int(restored.pop("step"))
         self.variables = {"params": restored["params"], "batch_stats": restored["batch_stats"] or {}}
