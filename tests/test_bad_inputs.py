@@ -5,9 +5,7 @@ The CLI rows run ``jtl.cli.main`` in this process and check: exit status 2 and s
 one line, ``jtl: error: ...`` (an exception escaping ``main`` fails the test).
 """
 
-import contextlib
 import errno
-import io
 import json
 import os
 from pathlib import Path
@@ -19,7 +17,7 @@ from jtl import __version__
 from jtl.cli import main as jtl_main
 from jtl.config import SEED_MAX, resolve
 from jtl.errors import ConfigError, DataError, WeightsError
-from train_helpers import config_file_text
+from train_helpers import config_file_text, one_line_error, run_jtl
 
 
 @pytest.fixture(autouse=True)
@@ -46,20 +44,12 @@ def digits(tmp_path_factory):
 
 
 def jtl(*args) -> tuple[int, str, str]:
-    """``jtl ARGS`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = jtl_main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
+    return run_jtl(*args)
 
 
 def one_line(result, pattern: str) -> str:
     """Exit 2 and stderr exactly one ``jtl: error:`` line containing ``pattern``."""
-    rc, _, err = result
-    lines = err.strip().splitlines()
-    assert rc == 2 and len(lines) == 1 and lines[0].startswith("jtl: error:"), err[-3000:]
-    assert pattern in lines[0], lines[0]
-    return lines[0]
+    return one_line_error(result, pattern, alone=True)
 
 
 def train(cfg_file, workdir, *overrides):

@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REFERENCE = Path(__file__).parent / "data" / "losses_e5f5c4f.json"
 STEPS = 20

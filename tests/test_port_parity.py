@@ -9,7 +9,9 @@ from conftest import run_torch_reference
 from jtl.models import create_model
 from jtl.weights import port_torchvision
 
-ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+# resnet101/152 differ from resnet50 only in depth: in `make test-slow`, to keep `make test` within its time.
+ARCHS = ["resnet18", "resnet34", "resnet50", pytest.param("resnet101", marks=pytest.mark.slow),
+         pytest.param("resnet152", marks=pytest.mark.slow)]
 SIZES = [224, 64]
 
 

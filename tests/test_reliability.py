@@ -7,11 +7,9 @@ is wrong and what to do, no traceback (an exception escaping ``main`` fails the 
 and -- where a run already exists -- that none of its files changed.
 """
 
-import contextlib
 import errno
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -25,11 +23,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jtl.cli import main as jtl_main
 from jtl.errors import DataError
 from jtl.train.checkpoint import CorruptCheckpoint, restore_variables
 from jtl.train.loop import DiskFull, Trainer
-from train_helpers import config_file_text, tiny_config
+from train_helpers import config_file_text, one_line_error, run_jtl, tiny_config
 
 CONFIG = config_file_text(steps=4, every=2, log_every=1, keep=3)
 
@@ -46,21 +43,7 @@ def cfg_file(tmp_path_factory):
     return path
 
 
-def jtl(*args) -> tuple[int, str, str]:
-    """``jtl ARGS`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = jtl_main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def one_line_error(result, pattern: str) -> str:
-    rc, _, err = result
-    assert rc == 2, err[-2000:]
-    assert "Traceback" not in err, err[-3000:]
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("jtl: error:")]
-    assert len(lines) == 1 and pattern in lines[0], err[-2000:]
-    return lines[0]
+jtl = run_jtl
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -5,8 +5,6 @@ and c images only: class a missing), ``Z`` (A's images with an empty ``a/``) and
 (an extra class d). Labels are checked against the directory names of the files.
 """
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -21,9 +19,9 @@ import pytest
 from PIL import Image
 
 from jtl import data as jdata
-from jtl.cli import main
 from jtl.data.classes import RunClasses
 from jtl.errors import DataError
+from train_helpers import one_line_error, run_jtl
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = {"a": (220, 40, 40), "b": (40, 220, 40), "c": (40, 40, 220)}
@@ -40,17 +38,11 @@ def _folder(root: Path, classes: dict, n: int = 12, seed: int = 0) -> Path:
 
 
 def _cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
+    return run_jtl(*args)
 
 
 def _one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("jtl: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert all(w in lines[0] for w in words), lines[0]
+    one_line_error((code, "", err), *words)
 
 
 CONFIG = """
@@ -138,7 +130,7 @@ def test_runs_record_classes_and_report_what_happens(world):
         assert facts["classes"] == ["a", "b", "c"], name
         assert facts["normalization"]["image_size"] == 8
         log = world["logs"][name]
-        assert f"jtl: step 25/25: e top1" in log, log
+        assert "jtl: step 25/25: e top1" in log, log
         summary = json.loads((world["runs"][name] / "summary.json").read_text())
         assert summary["time_to_first_step_s"] >= summary["first_step_s"] > 0
     assert "model.init" in world["logs"]["lp"] or "extracting features" in world["logs"]["lp"]

@@ -104,7 +104,7 @@ print(json.dumps({"devices": len(t.mesh.devices.flat), "sharding": str(t.state.p
 """
 
 
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k", [2, pytest.param(3, marks=pytest.mark.slow)])  # k=3 (replicated members): test-slow
 def test_members_sharded_over_devices_equal_runs_alone(k, tmp_path):
     """Two forced host devices: K=2 members sharded one per device, K=3 replicated; both equal runs alone."""
     import os

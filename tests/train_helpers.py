@@ -1,5 +1,7 @@
 """Small configs and subprocess runners shared by the trainer tests."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -81,3 +83,26 @@ def get_config(arg=None):
 {keep_line}    c.optim = {{"lr": 0.05, "schedule": "constant"}}
     return c
 """
+
+
+def run_jtl(*args) -> tuple[int, str, str]:
+    """``jtl ARGS`` in this process: (exit status, stdout, stderr)."""
+    from jtl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def one_line_error(result, *patterns: str, alone: bool = False) -> str:
+    """Exit 2, no traceback, exactly one ``jtl: error:`` line, containing every pattern (``alone``:
+    and nothing else on stderr). Returns that line."""
+    rc, _, err = result
+    assert rc == 2, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("jtl: error:")]
+    assert len(lines) == 1 and all(p in lines[0] for p in patterns), err[-2000:]
+    if alone:
+        assert len(err.strip().splitlines()) == 1, err[-3000:]
+    return lines[0]

@@ -188,7 +188,14 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self):
-        """Train to ``total_steps``; the summary (a vectorized sweep: one per member, None if it failed)."""
+        """Train to ``total_steps``; the summary (a vectorized sweep: one per member, None if it failed).
+        The workdir lock is released however the run ends."""
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def _run(self):
         cfg, members = self.cfg, self.members
         state, latest = self._start()
         start = latest or 0
@@ -311,7 +318,6 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            self.release()
             close_error = None
             for m in members:
                 if m.writer is not None:
