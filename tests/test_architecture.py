@@ -109,3 +109,28 @@ def test_modules_are_small(module):
     """Small modules (under 400 lines), as the project's guide asks."""
     lines = len(_modules()[module].read_text().splitlines())
     assert lines < 400, f"{module}: {lines} lines"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "scripts").glob("*.py")))
+def test_scripts_are_small_front_ends(script):
+    """Scripts are command lines over jtl (library code lives in jtl/): under 400 lines each."""
+    lines = len((ROOT / "scripts" / script).read_text().splitlines())
+    assert lines < 400, f"scripts/{script}: {lines} lines"
+
+
+def test_tests_import_no_script():
+    """No test imports a module of scripts/, by import or by loading its file (a subprocess is fine)."""
+    scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                names = []
+                if isinstance(node, ast.Attribute) and node.attr in ("spec_from_file_location", "run_path"):
+                    offenders.append(f"{path.name}:{node.lineno} loads a file as a module")
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in scripts | {"scripts"}]
+    assert not offenders, offenders
