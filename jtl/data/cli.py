@@ -16,7 +16,7 @@ import numpy as np
 from jtl.config import SEED_MAX
 from jtl.data import loading, spec as spec_lib
 from jtl.errors import DataError
-from jtl.fileio import atomic_open
+from jtl.plotting import save_png
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -133,8 +133,7 @@ def show(names: list[str], out: str, split: str = "train", n: int = 8, seed: int
     fig.tight_layout()
     out_path = Path(out)
     try:
-        with atomic_open(out_path, "wb") as fh:  # readable as the umask allows
-            fig.savefig(fh, dpi=100, format="png")
+        save_png(fig, out_path, dpi=100)
     except OSError as e:
         raise DataError(f"cannot write {out_path} ({e.strerror or type(e).__name__}); choose another --out") from None
     finally:

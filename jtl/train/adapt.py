@@ -168,7 +168,7 @@ class AdaptationTask:
         # evaluation and analysis see the run's labels (a partial target is fine).
         with phase(f"loading {a.target}:{a.target_split}"):
             tgt = self.classes.align(jdata.load(a.target, a.target_split, seed=cfg.seed,
-                                                on_error=cfg.data.get("on_error", "raise")))
+                                                on_error=cfg.data.on_error))
         with phase("normalisation statistics" if cfg.data.normalize == "dataset" else "input pipeline"):
             src_it = train_iterator(cfg, src, None if cfg.data.normalize == "none" else cfg.data.normalize)
         stats = (src_it.mean, src_it.std)  # the target is normalised like the source

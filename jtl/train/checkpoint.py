@@ -19,6 +19,7 @@ devices of all processes, and only process 0 moves damaged checkpoints aside.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -228,22 +229,19 @@ def restore_variables(workdir: str | os.PathLike, which: str = "best", *, strict
 
     level = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # read-only managers warn about being read-only
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    if metric:
-        options = ocp.CheckpointManagerOptions(read_only=True, create=False, best_fn=lambda m: m[metric],
-                                               best_mode="max", keep_checkpoints_without_metrics=False)
+    best_by = dict(best_fn=lambda m: m[metric], best_mode="max", keep_checkpoints_without_metrics=False) \
+        if metric else {}
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, **best_by)
     try:
         mngr = ocp.CheckpointManager(ckpt_dir, item_names=("state", "data"), options=options)
     finally:
         absl_logging.set_verbosity(level)
-    if strict and which == "best":
-        best = mngr.best_step() if metric else None
-        if best is None:
-            mngr.close()
-            why = "it sets no best_metric" if not metric else f"no checkpoint has a {metric} value"
-            raise JtlError(f"{workdir} has no best checkpoint ({why}); use --checkpoint latest")
+    best = mngr.best_step() if metric else None
+    if strict and which == "best" and best is None:
+        mngr.close()
+        why = "it sets no best_metric" if not metric else f"no checkpoint has a {metric} value"
+        raise JtlError(f"{workdir} has no best checkpoint ({why}); use --checkpoint latest")
     try:
-        best = mngr.best_step() if metric else None
         order = ([best] if best is not None else []) + sorted((s for s in mngr.all_steps() if s != best), reverse=True)
         if not order:
             raise JtlError(f"{ckpt_dir} holds no complete checkpoint")
@@ -265,8 +263,6 @@ def restore_variables(workdir: str | os.PathLike, which: str = "best", *, strict
 
 def _best_metric_of(workdir) -> str:
     """The ``best_metric`` a run was configured with ('' if none or unknown)."""
-    import json  # noqa: PLC0415
-
     try:
         return str(json.loads((Path(workdir) / "config.json").read_text()).get("best_metric", "") or "")
     except (OSError, ValueError):

@@ -26,34 +26,31 @@ from jtl.train import record
 from jtl.train.checkpoint import restore_variables
 from jtl.train.metrics import classification_metrics
 from jtl.train.runinfo import read_config_json
-from jtl.train.adapt import build_model as build_adaptation_model
+from jtl.train.adapt import adaptation_forward, build_model as build_adaptation_model
 from jtl.train.state import TrainState
 from jtl.train.steps import make_eval_step, make_mesh, shard_batch
-from jtl.train.tasks import normalize_on_device
+from jtl.train.tasks import classification_forward, normalize_on_device
 
 
 def _forward_of(cfg, workdir: Path, facts: dict):
     """``forward(variables, batch, train=False) -> ({"logits", "features": {"pooled"}}, stats)``."""
     norm = facts["normalization"]
-    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    num_classes = cfg.model.num_classes
     if facts["recipe"] == "adapt":
-        model = build_adaptation_model(cfg)
-    else:
-        model = create_model(cfg.model.name, num_classes, dtype=dtype)
-    backbone = record.load_backbone(workdir) if facts["recipe"] == "linear_probe" else None
+        return adaptation_forward(build_adaptation_model(cfg), norm)  # the trainer's own forward
+    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    model = create_model(cfg.model.name, cfg.model.num_classes, dtype=dtype)
+    if facts["recipe"] != "linear_probe":
+        return classification_forward(model, norm)
+    backbone = record.load_backbone(workdir)
 
-    def forward(variables, batch, train: bool = False, rng=None):
-        x = normalize_on_device(batch["image"], norm)
-        if backbone is None:
-            logits, feats = model.apply(variables, x, train=False, return_features=True)
-        else:  # a linear probe: the stored frozen backbone's pooled features, then the probe's W, b
-            _, feats = model.apply(backbone, x, train=False, return_features=True)
-            w = variables["params"]
-            logits = feats["pooled"] @ w["kernel"] + w["bias"]
-        return {"logits": logits.astype(jnp.float32), "features": feats}, variables["batch_stats"]
+    def probe_forward(variables, batch, train: bool = False, rng=None):
+        """The stored frozen backbone's pooled features, then the probe's ``f W + b``."""
+        _, feats = model.apply(backbone, normalize_on_device(batch["image"], norm), train=False,
+                               return_features=True)
+        w = variables["params"]
+        return {"logits": feats["pooled"] @ w["kernel"] + w["bias"], "features": feats}, variables["batch_stats"]
 
-    return forward
+    return probe_forward
 
 
 class RunModel:
@@ -79,7 +76,7 @@ class RunModel:
         self.step = int(restored.pop("step"))
         self.variables = {"params": restored["params"], "batch_stats": restored["batch_stats"] or {}}
         self.forward = _forward_of(self.cfg, self.workdir, self.facts)
-        self._apply = jax.jit(lambda v, x: self.forward(v, {"image": x})[0])
+        self._apply = jax.jit(lambda v, x: self.forward(v, {"image": x}, False)[0])
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Logits of a batch of images: uint8 (N, H, W, C) at the run's input size and channels."""

@@ -107,8 +107,7 @@ class Trainer:
             runinfo.prepare_workdir(self.workdir, cfg)
             self.mesh = make_mesh()
             self.task = task or build_task(cfg, self.mesh, self.workdir)
-            if hasattr(self.task, "classes"):
-                record.write(self.workdir, cfg, self.task)
+            record.write(self.workdir, cfg, self.task)
         except BaseException:
             self.release()
             raise

@@ -50,8 +50,7 @@ def write(workdir: str | os.PathLike, cfg, task) -> dict:
     them, and one whose training set now has other classes is refused."""
     path = Path(workdir) / RUN_FILE
     new = facts(cfg, task.classes, task.normalization)
-    started = (Path(workdir) / "metrics.jsonl").exists() or any((Path(workdir) / "checkpoints").glob("[0-9]*"))
-    if path.exists() and started:  # the facts of a run are fixed when it takes its first step
+    if path.exists() and runinfo.has_started(workdir):  # the facts of a run are fixed when it takes its first step
         old = read(workdir)
         if old.get("classes") != new["classes"]:
             raise JtlError(f"{workdir} was trained on classes {old.get('classes')} but data.train now has "

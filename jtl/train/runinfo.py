@@ -69,8 +69,7 @@ def prepare_workdir(workdir: Path, cfg) -> None:
     path = workdir / CONFIG_FILE
     # Only a run that got as far as logging or checkpointing is protected: a start that failed
     # (a typo in a dataset name, say) must not lock its workdir to the mistaken config.
-    started = (workdir / "metrics.jsonl").exists() or any((workdir / "checkpoints").glob("[0-9]*"))
-    if path.exists() and started:
+    if path.exists() and has_started(workdir):
         old = with_defaults(read_config_json(path))
         if _comparable(old) != _comparable(new):
             diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
@@ -80,6 +79,12 @@ def prepare_workdir(workdir: Path, cfg) -> None:
             )
     write_json(path, new)
     write_json(workdir / "run_info.json", run_info())
+
+
+def has_started(workdir: str | os.PathLike) -> bool:
+    """Whether a run got as far as logging or checkpointing in ``workdir`` (its facts are then fixed)."""
+    workdir = Path(workdir)
+    return (workdir / "metrics.jsonl").exists() or any((workdir / "checkpoints").glob("[0-9]*"))
 
 
 def read_config_json(path: Path) -> dict:

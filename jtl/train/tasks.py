@@ -31,7 +31,7 @@ def load_source(cfg, name: str, split: str, *, budget: bool, classes: RunClasses
     """A split of dataset ``name``: the training set (``data.classes`` and, with ``budget``,
     ``data.limit`` applied), or, given the run's ``classes``, any other set relabelled onto
     them by class name (:mod:`jtl.data.classes`)."""
-    opts = {"seed": cfg.seed, "on_error": cfg.data.get("on_error", "raise")}
+    opts = {"seed": cfg.seed, "on_error": cfg.data.on_error}
     if cfg.data.val_fraction:
         opts["val_fraction"] = cfg.data.val_fraction
     if classes is not None:
@@ -50,7 +50,7 @@ def run_classes(cfg, train_source) -> RunClasses:
     names = tuple(train_source.info.class_names)
     excluded = ()
     if cfg.data.classes:
-        every = jdata.info(cfg.data.train, on_error=cfg.data.get("on_error", "raise")).class_names
+        every = jdata.info(cfg.data.train, on_error=cfg.data.on_error).class_names
         excluded = tuple(n for n in every if n not in names)
     return RunClasses(names, excluded)
 
