@@ -4,10 +4,14 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
 APT_PKGS := python3-torchvision dataset-fashion-mnist
+# timm on Debian's torch, for the parity tests of the timm families (tests/conftest.py: timm_python).
+TIMM_VENV := .venv-timm
+TIMM_STAMP := $(TIMM_VENV)/.setup-stamp
+TIMM_PKGS := timm==1.0.31 pyyaml huggingface_hub safetensors
 
 .PHONY: setup test test-slow test-all demo bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(TIMM_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -18,6 +22,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+$(TIMM_STAMP): Makefile $(STAMP)
+	@if /usr/bin/python3 -c "import torch, torchvision" 2>/dev/null; then \
+	  test -x $(TIMM_VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(TIMM_VENV); \
+	  $(TIMM_VENV)/bin/pip install -q --no-deps $(TIMM_PKGS) && touch $(TIMM_STAMP); \
+	else echo "setup: no torch for /usr/bin/python3 (python3-torchvision); timm parity tests will fail in CI"; fi
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
@@ -35,4 +45,4 @@ bench: setup
 	$(BIN)/python scripts/bench_port.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(TIMM_VENV) out .pytest_cache

@@ -62,7 +62,7 @@ def get_config(arg: str = "source"):
         c.total_steps = 300
         if recipe == "finetune":
             # The pretrained backbone moves 10x slower than the new head.
-            c.optim.groups = (("head", r"^fc/", 1.0), ("backbone", r"^(?!fc/)", 0.1))
+            c.optim.groups = (("head", r"^(?!backbone/)", 1.0), ("backbone", r"^backbone/", 0.1))
     elif recipe == "linear_probe":
         c.recipe = "linear_probe"
         c.total_steps = 300

@@ -42,7 +42,7 @@ def get_config(arg: str = ""):
     c.batch_size, c.eval_batch_size, c.total_steps = 32, 64, 1000
     c.optim = ml_collections.ConfigDict({
         "name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine", "warmup_steps": 50,
-        "groups": (("head", r"^fc/", 1.0), ("backbone", r"^(?!fc/)", 0.1)),
+        "groups": (("head", r"^(?!backbone/)", 1.0), ("backbone", r"^backbone/", 0.1)),
     })
     if recipe == "scratch":
         c.model.name, c.model.init = "cifar_resnet20", ""

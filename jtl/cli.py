@@ -26,7 +26,7 @@ def cmd_port(args) -> int:
     import os
 
     from jtl import __version__
-    from jtl.models.zoo import get_arch
+    from jtl.models import family_of
     from jtl.weights import port_torchvision, registry, save_ported
 
     src, fmt, sha = args.src, None, None
@@ -40,7 +40,7 @@ def cmd_port(args) -> int:
         raise JtlError(f"weights file not found: {src} (nor is it a registry name; see jtl.weights.REGISTRY)")
     if not args.arch:
         raise JtlError("--arch is required when --src is a file")
-    get_arch(args.arch)  # unknown arch -> one-line error before any reading
+    family_of(args.arch)  # unknown arch -> one-line error before any reading
     if not os.path.exists(src):
         raise JtlError(f"weights file not found: {src}")
     fmt = fmt or ("timm" if src.endswith(".safetensors") else "torchvision")

@@ -50,7 +50,6 @@ def defaults() -> ConfigDict:
     c.model.name = "cifar_resnet8"
     c.model.num_classes = 10
     c.model.init = ""  # "": random; a registry name, a `jtl port` dir or a run's workdir
-    c.model.head = "fc"  # the head: re-initialised when shapes differ, "head" group
 
     c.data = ConfigDict()
     c.data.train = "fashion_mnist"
@@ -79,8 +78,9 @@ def defaults() -> ConfigDict:
     c.optim.inv_gamma = 10.0  # lr * (1 + gamma p)^-power, p = step / total_steps (schedule "inv")
     c.optim.inv_power = 0.75
     # (group, path regex, lr multiplier); every non-frozen parameter must match exactly one.
-    c.optim.groups = (("head", r"^fc/", 1.0), ("backbone", r"^(?!fc/)", 1.0))
-    c.freeze = ()  # path regexes of frozen parameters (e.g. r"^(conv1|bn1|layer1)")
+    # Paths are those of jtl.models.transfer: backbone/..., head/..., bottleneck/..., <extra head>/...
+    c.optim.groups = (("head", r"^(?!backbone/)", 1.0), ("backbone", r"^backbone/", 1.0))
+    c.freeze = ()  # path regexes of frozen parameters (e.g. r"^backbone/(conv1|bn1|layer1)")
 
     # Unsupervised domain adaptation: set `target` to train on labelled source + unlabelled target.
     c.adapt = ConfigDict()
@@ -160,10 +160,11 @@ def call_config_file(path: str, function: str, arg: str = ""):
         raise ConfigError(f"{path}: {function} failed ({type(e).__name__}: {e})") from None
 
 
-def resolve(cfg: ConfigDict | dict, overrides: Iterable[str] = ()) -> ConfigDict:
-    """Merge ``cfg`` over :func:`defaults`, apply overrides, validate; returns a locked copy."""
+def resolve(cfg: ConfigDict | dict, overrides: Iterable[str] = (), *, recorded: bool = False) -> ConfigDict:
+    """Merge ``cfg`` over :func:`defaults`, apply overrides, validate; returns a locked copy.
+    ``recorded``: ``cfg`` is a run's ``config.json`` (keys retired since it was written are dropped)."""
     base = defaults()
-    _merge(base, cfg, "")
+    _merge(base, cfg, "", recorded)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -191,9 +192,18 @@ def loss_mapping(value, what: str = "loss") -> ConfigDict:
     return ConfigDict({n: float(w) for n, w in pairs})
 
 
-def _merge(base: ConfigDict, new, prefix: str) -> None:
+# Keys earlier versions wrote into config.json, and why they are gone. Reading a run's
+# recorded config drops them; a new config naming one is an error saying why.
+RETIRED = {"model.head": "the classifier is always params/head (the transfer layout, jtl.models.transfer)"}
+
+
+def _merge(base: ConfigDict, new, prefix: str, recorded: bool = False) -> None:
     for key, value in (new.items() if hasattr(new, "items") else []):
         name = f"{prefix}{key}"
+        if name in RETIRED:
+            if recorded:
+                continue
+            raise ConfigError(f"config key {name!r} is retired: {RETIRED[name]}")
         if name == "loss":
             base.loss = loss_mapping(value)  # replaced whole: a file's loss is its complete list
             continue
@@ -203,7 +213,7 @@ def _merge(base: ConfigDict, new, prefix: str) -> None:
                 continue
             raise ConfigError(f"unknown config key {name!r}; see jtl.config.defaults() for the keys")
         if isinstance(base[key], ConfigDict) and hasattr(value, "items"):
-            _merge(base[key], value, name + ".")
+            _merge(base[key], value, name + ".", recorded)
         else:
             base[key] = _coerce(name, base[key], value)
 
@@ -247,7 +257,9 @@ def _coerce(name: str, old: Any, value: Any) -> Any:
     if isinstance(old, bool):
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key {name!r} must be true/false, got {value!r}")
+        if isinstance(value, str) and value.lower() in ("true", "false"):  # --config.KEY=false from a shell
+            return value.lower() == "true"
+        raise ConfigError(f"config key {name!r} must be True or False, got {value!r}")
     if isinstance(old, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(old, float) and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -1,6 +1,6 @@
 """Optimizers with parameter partitions: frozen / per-group learning rates, schedules.
 
-Every parameter gets one label from its path (``"layer1_0/conv1/kernel"``):
+Every parameter gets one label from its path (``"backbone/layer1_0/conv1/kernel"``):
 ``"frozen"`` if a ``freeze`` regex matches it, else the one group whose regex
 matches it (none or several is an error naming the parameter). The optimizer
 is ``optax.multi_transform`` over those labels: ``optax.set_to_zero()`` for
@@ -35,6 +35,11 @@ def label_params(params, groups: Sequence[tuple[str, str, float]], freeze: Seque
     """A pytree like ``params`` holding each parameter's group name (or ``"frozen"``)."""
     frozen_res = [re.compile(r) for r in freeze]
     group_res = [(name, re.compile(rx)) for name, rx, _ in groups]
+    paths = param_paths(params)
+    for rx in frozen_res:  # a pattern of another layout would otherwise freeze nothing, silently
+        if not any(rx.search(p) for p in paths):
+            raise ConfigError(f"freeze regex {rx.pattern!r} matches no parameter; parameters are named like "
+                              f"{paths[0]} ({len(paths)} in all)")
     labels = {}
     for key in traverse_util.flatten_dict(params):
         path = "/".join(key)
@@ -102,15 +107,16 @@ def make_optimizer(cfg, params) -> optax.GradientTransformation:
     return tx
 
 
-def frozen_modules(params, freeze: Sequence[str]) -> tuple[str, ...]:
-    """Top-level modules (``bn1``, ``layer2_0``, ...) all of whose parameters are frozen.
+def frozen_modules(params, freeze: Sequence[str], prefix: str = "") -> tuple[str, ...]:
+    """Top-level modules of ``params`` (``bn1``, ``layer2_0``, ...) all of whose parameters are
+    frozen (``freeze`` regexes matched against ``prefix + path``, e.g. ``backbone/layer1_0/...``).
 
-    The model runs their BatchNorm with running averages (``ResNet.frozen_bn``),
-    so a frozen part neither uses nor moves batch statistics.
+    The model runs them as its family's contract says (BatchNorm on running averages, so
+    a frozen part neither uses nor moves batch statistics; :mod:`jtl.models.backbones`).
     """
     frozen_res = [re.compile(r) for r in freeze]
     tops: dict[str, bool] = {}
     for key in traverse_util.flatten_dict(params):
-        frozen = any(r.search("/".join(key)) for r in frozen_res)
+        frozen = any(r.search(prefix + "/".join(key)) for r in frozen_res)
         tops[key[0]] = tops.get(key[0], True) and frozen
     return tuple(sorted(t for t, f in tops.items() if f))

@@ -23,7 +23,7 @@ is the median over rounds, so a shared, noisy machine slows both alike. One JSON
 Cases: ``resnet18_64`` (batch 64), ``resnet18_128`` (32), ``resnet50_128`` (16),
 ``cifar8_32`` (the demo's ``cifar_resnet8``, 5 classes, 32 px, batch 128), ``dann_32``
 (jtl's DANN adaptation step, ``jtl.train.adapt``: 128 source + 128 target images in one
-forward pass of ``AdaptationModel`` with jtl's defaults, a 256-d bottleneck and a
+forward pass of the ``TransferModel`` with jtl's defaults, a 256-d bottleneck and a
 1024-1024 discriminator behind gradient reversal; loss pieces ``ce`` + ``dann``).
 
 GPU mode (``--device gpu``, case ``resnet50_224_bf16``: ResNet-50, 224 px, batch 256)::

@@ -29,6 +29,25 @@ def torchvision_python():
     return SYSTEM_PYTHON
 
 
+TIMM_PYTHON = Path(__file__).parents[1] / ".venv-timm" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def timm_python():
+    """Path of a Python with timm on Debian's torch (``make setup`` builds ``.venv-timm``)."""
+    if not TIMM_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(".venv-timm missing: run `make setup` (as root, for python3-torchvision)")
+        pytest.skip(".venv-timm not built: run `make setup`")
+    return str(TIMM_PYTHON)
+
+
+def run_reference_script(python: str, script: str, *args) -> None:
+    """Run ``tests/<script>`` under ``python`` (a reference library's interpreter) with 2 threads."""
+    subprocess.run([python, str(TESTS / script), *map(str, args)], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "2"})
+
+
 def run_torch_reference(tmp_path, arch, **kw):
     """Run tests/torch_reference.py; returns (pth path, npz dict)."""
     import numpy as np

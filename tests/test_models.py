@@ -74,7 +74,7 @@ def test_headless_model_returns_pooled_features():
 def test_frozen_bn_uses_running_averages_in_train_mode():
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3)) * 3 + 1
     variables = create_model("cifar_resnet8", 3).init(jax.random.key(0), x)
-    frozen = create_model("cifar_resnet8", 3, frozen_bn=("bn1", "layer1"))
+    frozen = create_model("cifar_resnet8", 3, frozen=("bn1", "layer1"))
     out, new = frozen.apply(variables, x, train=True, mutable=["batch_stats"])
     old = variables["batch_stats"]
     for name in ("bn1", "layer1_0"):

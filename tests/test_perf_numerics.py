@@ -139,12 +139,12 @@ def test_torch_reference_adaptation_model_parameter_count():
     tm = _torch_ref_models()
     from jtl.bench.cases import BOTTLENECK, CASES, DISC_HIDDEN
     from jtl.bench.jtl_step import dann_model
-    from jtl.train.adapt import AdaptationModel
+    from jtl.models.transfer import TransferModel
 
     case = CASES["dann_32"]
     model = dann_model(case)
     assert (model.bottleneck_dim, model.disc_hidden) == (BOTTLENECK, DISC_HIDDEN) == (256, 1024)
-    shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), method=AdaptationModel.init_all),
+    shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), method=TransferModel.init_all),
                             jax.random.key(0))
     ref = tm.AdaptationModel(case.arch, case.num_classes, BOTTLENECK, DISC_HIDDEN)
     assert tm.num_params(ref) == _count(shapes["params"])
@@ -155,14 +155,14 @@ def test_bench_dann_step_loss_is_ce_plus_dann():
     cross-entropy + 1/2[BCE(D(f_s),1) + BCE(D(f_t),0)], computed in numpy from the model's outputs."""
     from jtl.bench.cases import Case
     from jtl.bench.jtl_step import build_jtl
-    from jtl.train.adapt import AdaptationModel
+    from jtl.models.transfer import TransferModel
 
     batch = 4
     model, step, state, dev_batch, x, y = build_jtl(Case("cifar_resnet8", 5, 32, batch, True))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     (logits, feats), _ = model.apply(variables, jnp.asarray(x), train=True, return_features=True,
                                      mutable=["batch_stats"])
-    d = np.asarray(model.apply(variables, "disc", feats["pooled"], method=AdaptationModel.apply_head),
+    d = np.asarray(model.apply(variables, "disc", feats["pooled"], method=TransferModel.apply_head),
                    np.float64)[:, 0]
     z = np.asarray(logits, np.float64)[:batch]
     ce = np.mean(np.log(np.sum(np.exp(z - z.max(1, keepdims=True)), 1)) + z.max(1) - z[np.arange(batch), y])

@@ -30,14 +30,14 @@ def _stats(ref, prefix):
     return {k.split("/", 1)[1]: v for k, v in ref.items() if k.startswith(prefix + "/")}
 
 
-def _flat_stats(batch_stats):
+def _flat_stats(batch_stats, arch):
     """jtl batch_stats -> {torch key: array}."""
     from flax import traverse_util
 
     from jtl.weights import torch_key
 
     flat = traverse_util.flatten_dict(batch_stats)
-    return {torch_key("batch_stats", k): np.asarray(v) for k, v in flat.items()}
+    return {torch_key("batch_stats", k, arch): np.asarray(v) for k, v in flat.items()}
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -58,7 +58,7 @@ def test_train_mode_outputs_and_running_stats_match_in_float64(reference, size):
         out, new = create_model(arch, 1000, dtype=jnp.float64).apply(v64, x, train=True, mutable=["batch_stats"])
         assert out.dtype == jnp.float64
         assert _rel_err(out, ref[f"train64_{size}"]) <= 1e-9
-        got, want = _flat_stats(new["batch_stats"]), _stats(ref, f"stats64_{size}")
+        got, want = _flat_stats(new["batch_stats"], arch), _stats(ref, f"stats64_{size}")
         assert got.keys() == want.keys()
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
@@ -70,7 +70,7 @@ def test_train_mode_float32_matches(reference):
     arch, variables, ref = reference
     out, new = create_model(arch, 1000).apply(variables, ref["x224"], train=True, mutable=["batch_stats"])
     assert _rel_err(out, ref["train224"]) <= 2e-3
-    got, want = _flat_stats(new["batch_stats"]), _stats(ref, "stats224")
+    got, want = _flat_stats(new["batch_stats"], arch), _stats(ref, "stats224")
     assert got.keys() == want.keys()
     worst = max(_rel_err(got[k], want[k]) for k in want)
     assert worst <= 2e-3

@@ -301,7 +301,7 @@ def test_num_classes_mismatch_on_restore(cfg_file, finished_run, tmp_path):
     before = snapshot(wd)
     line = one_line_error(train(cfg_file, wd, 6, "--config.model.num_classes=12"),
                           "does not fit this run's model/optimizer (Requested shape: (")
-    # orbax names the first array it finds, fc/bias (12,) or fc/kernel (64, 12)
+    # orbax names the first array it finds, head/bias (12,) or head/kernel (64, 12)
     assert re.search(r"12,?\) is not compatible with the stored shape: \(", line) and line.endswith("--workdir")
     assert_kept(before, wd)
 

@@ -100,7 +100,7 @@ from jtl.train.vector import VectorTrainer
 cfgs = [resolve(c) for c in json.loads(sys.argv[1])]
 t = VectorTrainer(cfgs, json.loads(sys.argv[2]))
 t.run()
-print(json.dumps({"devices": len(t.mesh.devices.flat), "sharding": str(t.state.params["fc"]["kernel"].sharding.spec)}))
+print(json.dumps({"devices": len(t.mesh.devices.flat), "sharding": str(t.state.params["head"]["kernel"].sharding.spec)}))
 """
 
 

@@ -89,7 +89,7 @@ def test_weights_of_another_architecture_refused(r18):
 
 
 def test_unknown_arch(r18):
-    with pytest.raises(WeightsError, match="unknown or non-torchvision architecture 'resnet19'"):
+    with pytest.raises(WeightsError, match="unknown or non-PyTorch architecture 'resnet19'"):
         port_torchvision(r18[0], "resnet19")
 
 

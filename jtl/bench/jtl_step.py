@@ -19,7 +19,7 @@ from jtl.bench.timing import xla_peak_mib
 
 
 class JtlStep(NamedTuple):
-    model: Any  # ResNet, or AdaptationModel for a DANN case
+    model: Any  # the trainer's TransferModel (with a bottleneck and a discriminator for a DANN case)
     step: Any  # the jitted step(state, batch) -> (state, metrics)
     state: Any  # TrainState, replicated over the mesh
     batch: dict  # the step's batch, sharded along ``data``
@@ -28,7 +28,7 @@ class JtlStep(NamedTuple):
 
 
 def dann_model(case: Case):
-    """The DANN case's ``AdaptationModel``, built by the trainer's own builder
+    """The DANN case's ``TransferModel``, built by the trainer's own builder
     (``jtl.train.adapt.build_model``) from a config resolved as a run's is: a ``BOTTLENECK``-d
     bottleneck and the discriminator the ``dann`` piece declares (``DISC_HIDDEN`` wide), float32."""
     from jtl.config import resolve
@@ -49,7 +49,7 @@ def build_jtl(case: Case, seed: int = 0, dtype=None) -> JtlStep:
     import jax.numpy as jnp
     import optax
 
-    from jtl.models import create_model
+    from jtl.models.transfer import TransferModel, initial_variables
     from jtl.train.state import TrainState
     from jtl.train.steps import jit_train_step, make_loss_fn, make_mesh, make_train_step, shard_batch
     from jtl.train.tasks import classification_forward
@@ -57,17 +57,17 @@ def build_jtl(case: Case, seed: int = 0, dtype=None) -> JtlStep:
     x, y = make_data(case, seed)
     x0 = jnp.zeros((1, case.size, case.size, 3))
     if not case.dann:
-        model = create_model(case.arch, case.num_classes, **({"dtype": dtype} if dtype is not None else {}))
-        variables = jax.jit(model.init)(jax.random.key(seed), x0)
+        model = TransferModel(case.arch, case.num_classes, **({"dtype": dtype} if dtype is not None else {}))
+        variables = initial_variables(model, jax.random.key(seed), x0, as_family=True)  # as the trainer draws it
         forward = classification_forward(model, None)  # the trainer's forward; images already normalised
         loss_fn = make_loss_fn(forward, [("ce", 1.0)], {}, TOTAL_STEPS)
         host_batch = {"image": x, "label": y}
     else:
-        from jtl.train.adapt import AdaptationModel, adaptation_forward, apply_head
+        from jtl.train.adapt import adaptation_forward, apply_head
         from jtl.train.pieces import declared_views, get_piece
 
         model = dann_model(case)
-        variables = model.init(jax.random.key(seed), x0, method=AdaptationModel.init_all)
+        variables = initial_variables(model, jax.random.key(seed), x0)
         names = [n for n, _ in DANN_LOSS]
         forward = adaptation_forward(model, None, declared_views(names), any(get_piece(n).needs_target for n in names))
         loss_fn = make_loss_fn(forward, DANN_LOSS, {}, TOTAL_STEPS, r"^(?!backbone/)",
@@ -104,17 +104,15 @@ def model_flops(model, size: int, rows: int, compile_: bool = True) -> float:
     import jax
     import jax.numpy as jnp
 
-    from jtl.models.resnet import ResNet
+    from jtl.models.transfer import TransferModel
 
     with plain_convolutions():
-        if not isinstance(model, ResNet):  # jtl.train.adapt.AdaptationModel
-            from jtl.train.adapt import AdaptationModel  # backbone + bottleneck + classifier + discriminator
-
-            init = lambda k, x: model.init(k, x, method=AdaptationModel.init_all)  # noqa: E731
+        if model.heads:  # backbone + bottleneck + classifier + discriminator
+            init = lambda k, x: model.init(k, x, method=TransferModel.init_all)  # noqa: E731
 
             def fwd(v, x):
                 logits, feats = model.apply(v, x, train=False, return_features=True)
-                d = model.apply(v, "disc", feats["pooled"], method=AdaptationModel.apply_head)
+                d = model.apply(v, "disc", feats["pooled"], method=TransferModel.apply_head)
                 return logits, d
         else:
             init, fwd = model.init, lambda v, x: model.apply(v, x, train=False)

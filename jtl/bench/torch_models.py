@@ -7,7 +7,7 @@ parameter shapes and counts; ``tests/test_perf_numerics.py`` compares the counts
   basic / bottleneck blocks with the stride on the 3x3 convolution, "v1.5").
 - ``cifar_resnet8``: He et al.'s CIFAR ResNet (3x3/1 stem of 16 channels, no pool,
   stages of 16/32/64 channels, one basic block each).
-- :class:`AdaptationModel`: ``jtl.train.adapt.AdaptationModel`` with its DANN discriminator.
+- :class:`AdaptationModel`: ``jtl.models.transfer.TransferModel`` with a bottleneck and its DANN discriminator.
 
 This module imports torch (a dev extra): import it only where PyTorch runs.
 """
@@ -115,7 +115,7 @@ def create_model(name: str, num_classes: int | None = 1000) -> ResNet:
 
 
 class AdaptationModel(nn.Module):
-    """``jtl.train.adapt.AdaptationModel`` with a domain discriminator: headless backbone ->
+    """``jtl.models.transfer.TransferModel`` with a domain discriminator: headless backbone ->
     bottleneck ``relu(BN(Linear))`` -> classifier, and ``disc`` = ``Linear -> ReLU -> Linear ->
     ReLU -> Linear(1)`` applied behind gradient reversal by :meth:`discriminate`."""
 

@@ -1,18 +1,22 @@
-"""Models: torchvision-compatible ResNets and small ResNets for small images."""
+"""Models: backbone families behind one contract (:mod:`jtl.models.backbones`), heads, and the
+transfer model every recipe trains (:mod:`jtl.models.transfer`)."""
 
+from jtl.models import resnet  # noqa: F401 - registers the ResNet family
+from jtl.models.backbones import FAMILIES, Family, arch_names, create_model, family_of, register_family
 from jtl.models.layers import BatchNorm, Conv, Dense
 from jtl.models.resnet import BasicBlock, Bottleneck, ResNet
-from jtl.models.zoo import ARCHS, TORCHVISION_ARCHS, create_model, get_arch
 
 __all__ = [
-    "ARCHS",
-    "TORCHVISION_ARCHS",
+    "FAMILIES",
     "BasicBlock",
     "BatchNorm",
     "Bottleneck",
     "Conv",
     "Dense",
+    "Family",
     "ResNet",
+    "arch_names",
     "create_model",
-    "get_arch",
+    "family_of",
+    "register_family",
 ]

@@ -21,12 +21,14 @@ pooled features.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jtl.models.backbones import Family, default_torch_key, register_family
 from jtl.models.layers import BatchNorm, Conv, Dense, max_pool_3x3_s2, per_member_op
 
 Dtype = Any
@@ -92,9 +94,9 @@ class ResNet(nn.Module):
     ``stem="imagenet"``: 7x7/2 convolution (padding 3), BatchNorm, ReLU, 3x3/2 max pool.
     ``stem="cifar"``: 3x3/1 convolution (padding 1), BatchNorm, ReLU, no pooling
     (for 28-32 px images).
-    ``frozen_bn``: module names (``"bn1"`` for the stem, a stage ``"layer1"`` or a block
+    ``frozen``: module names (``"bn1"`` for the stem, a stage ``"layer1"`` or a block
     ``"layer1_0"``) whose BatchNorms use their running averages even in train mode
-    (frozen parts).
+    (frozen parts; :mod:`jtl.models.backbones`).
     """
 
     block: str
@@ -105,7 +107,7 @@ class ResNet(nn.Module):
     stem_width: int = 64
     width_per_group: int = 64
     zero_init_residual: bool = False
-    frozen_bn: Sequence[str] = ()
+    frozen: Sequence[str] = ()
     dtype: Dtype = jnp.float32
 
     @property
@@ -119,7 +121,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
         feats = {}
-        trains = lambda name: train and name not in self.frozen_bn
+        trains = lambda name: train and name not in self.frozen
         if self.stem == "imagenet":
             x = Conv(self.stem_width, 7, 2, 3, dtype=self.dtype, name="conv1")(x)
         elif self.stem == "cifar":
@@ -146,7 +148,7 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     name=f"{name}_{j}",
                     **kw,
-                )(x, trains(name) and f"{name}_{j}" not in self.frozen_bn)
+                )(x, trains(name) and f"{name}_{j}" not in self.frozen)
                 in_features = out_features
             feats[name] = x
         pooled = per_member_op(lambda x: jnp.mean(x, axis=(1, 2)))(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
@@ -156,3 +158,51 @@ class ResNet(nn.Module):
         else:
             out = pooled
         return (out, feats) if return_features else out
+
+
+# ---------------------------------------------------------------------------------- the family
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """Hyperparameters that define one architecture (everything but the head size)."""
+
+    block: str
+    stage_sizes: tuple[int, ...]
+    stage_widths: tuple[int, ...] = (64, 128, 256, 512)
+    stem: str = "imagenet"
+    stem_width: int = 64
+    width_per_group: int = 64
+
+
+def _cifar(n: int) -> tuple[Arch, str]:
+    return Arch("basic", (n, n, n), (16, 32, 64), "cifar", 16), f"CIFAR ResNet-{6 * n + 2} (He et al. 2016, sec. 4.2)"
+
+
+_ARCHS: dict[str, tuple[Arch, str]] = {
+    # torchvision ImageNet ResNets.
+    "resnet18": (Arch("basic", (2, 2, 2, 2)), "torchvision resnet18"),
+    "resnet34": (Arch("basic", (3, 4, 6, 3)), "torchvision resnet34"),
+    "resnet50": (Arch("bottleneck", (3, 4, 6, 3)), "torchvision resnet50"),
+    "resnet101": (Arch("bottleneck", (3, 4, 23, 3)), "torchvision resnet101"),
+    "resnet152": (Arch("bottleneck", (3, 8, 36, 3)), "torchvision resnet152"),
+    "wide_resnet50_2": (Arch("bottleneck", (3, 4, 6, 3), width_per_group=128), "torchvision wide_resnet50_2"),
+    # Small ResNets for 28-32 px images.
+    "resnet18_cifar": (Arch("basic", (2, 2, 2, 2), stem="cifar"), "ResNet-18 with a 3x3/1 stem and no max pool"),
+    "cifar_resnet8": _cifar(1),
+    "cifar_resnet14": _cifar(2),
+    "cifar_resnet20": _cifar(3),
+    "cifar_resnet32": _cifar(5),
+    "cifar_resnet56": _cifar(9),
+}
+ARCHS = {name: dataclasses.asdict(arch) for name, (arch, _) in _ARCHS.items()}
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2")
+
+
+def torch_key(path: tuple[str, ...]) -> str:
+    """torchvision's key of a variable: ``layer2_0/downsample_conv/kernel`` -> ``layer2.0.downsample.0.weight``."""
+    renamed = tuple({"downsample_conv": "downsample_0", "downsample_bn": "downsample_1"}.get(m, m) for m in path)
+    return default_torch_key(renamed)
+
+
+FAMILY = register_family(Family("resnet", ResNet, ARCHS, classifier="fc", torch_archs=TORCHVISION_ARCHS,
+                                torch_key=torch_key, taps=lambda arch: tuple(
+                                    f"layer{i + 1}" for i in range(len(ARCHS[arch]["stage_sizes"]))), docs={n: doc for n, (_, doc) in _ARCHS.items()}))

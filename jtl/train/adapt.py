@@ -15,100 +15,50 @@ its own trainable parameters, with its own optimizer state.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import linen as nn
 
 from jtl import data as jdata
 from jtl.errors import ConfigError
-from jtl.models import create_model
-from jtl.models.heads import Bottleneck, MLPHead
-from jtl.models.layers import Dense
+from jtl.models.backbones import num_features
+from jtl.models.transfer import LAYOUT_KEYS, TransferModel
 from jtl.optim import make_optimizer, make_schedule
-from jtl.progress import phase, say
+from jtl.progress import phase
 from jtl.train.adapt_pieces import VIEWS  # (importing adapt_pieces registers the adaptation pieces)
 from jtl.train.pieces import Head, declared_heads, declared_phases, declared_views, get_piece
 from jtl.train.state import TrainState, initial_state
 from jtl.train.steps import make_loss_fn, make_train_step
 from jtl.train.tasks import (
-    check_batch_fits, check_divisible, check_num_classes, eval_iterators, load_source, normalization_of,
-    normalize_on_device, pretrained_variables, run_classes, train_iterator)
-from jtl.weights import merge_pretrained
-
-RESERVED = ("backbone", "bottleneck", "head")  # the model's own modules: no piece may declare a head of these names
+    NEW_PARAMS, check_batch_fits, check_divisible, check_num_classes, eval_iterators, load_source, normalization_of,
+    normalize_on_device, run_classes, start_variables, train_iterator, train_rngs, transfer_model)
 
 
 # ---------------------------------------------------------------------------------- the model
-class AdaptationModel(nn.Module):
-    """backbone (headless) -> bottleneck (optional) -> classifier, plus the declared extra heads.
-
-    Parameters: ``backbone/...`` (ported/pretrained weights go here), ``bottleneck``,
-    ``head``, and one entry per extra head the pieces declare, under its name.
-    ``heads`` holds ``(name, Head, input width)`` triples.
-    """
-
-    backbone_name: str
-    num_classes: int
-    bottleneck_dim: int = 256
-    heads: tuple[tuple[str, Head, int], ...] = ()
-    disc_hidden: int = 1024
-    dtype: Any = jnp.float32
-
-    def setup(self):
-        self.backbone = create_model(self.backbone_name, None, dtype=self.dtype)
-        self.bottleneck = Bottleneck(self.bottleneck_dim, dtype=self.dtype) if self.bottleneck_dim else None
-        self.head = Dense(self.num_classes, dtype=self.dtype)
-        for name, spec, _ in self.heads:
-            outputs = self.num_classes if spec.outputs == "classes" else int(spec.outputs)
-            module = (Dense(outputs, dtype=self.dtype) if spec.hidden == 0 else
-                      MLPHead((self.disc_hidden,) * spec.hidden, outputs, dtype=self.dtype))
-            setattr(self, name, module)
-
-    def __call__(self, x, train: bool = False, return_features: bool = False):
-        logits, feats = self.backbone(x, train=train, return_features=True)
-        f = self.bottleneck(feats["pooled"], train) if self.bottleneck is not None else feats["pooled"]
-        feats = {**feats, "backbone_pooled": feats["pooled"], "pooled": f}
-        logits = self.head(f).astype(jnp.float32)
-        return (logits, feats) if return_features else logits
-
-    def apply_head(self, name: str, x):
-        return getattr(self, name)(x).astype(jnp.float32)
-
-    def init_all(self, x):
-        out = self(x, train=False)
-        for name, _, width in self.heads:
-            out = out + jnp.sum(self.apply_head(name, jnp.zeros((x.shape[0], width), x.dtype)))
-        return out
-
-
 def model_heads(cfg) -> tuple[tuple[str, Head, int], ...]:
     """The extra heads the run's pieces declare, with their input widths."""
     heads = declared_heads(list(cfg.loss))
-    bad = sorted(set(heads) & set(RESERVED))
+    bad = sorted(set(heads) & set(LAYOUT_KEYS))
     if bad:
         raise ConfigError(f"a loss piece declares a head named {bad[0]!r}, a name of the model's own modules")
-    feature_dim = cfg.adapt.bottleneck_dim or create_model(cfg.model.name, None).num_features
+    feature_dim = cfg.adapt.bottleneck_dim or num_features(cfg.model.name)
     opts = cfg.loss_options.to_dict()
     return tuple((name, h, h.width(opts, feature_dim, cfg.model.num_classes)) for name, h in sorted(heads.items()))
 
 
-def build_model(cfg) -> AdaptationModel:
-    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    return AdaptationModel(cfg.model.name, cfg.model.num_classes, cfg.adapt.bottleneck_dim, model_heads(cfg),
-                           cfg.adapt.disc_hidden, dtype)
+def build_model(cfg) -> TransferModel:
+    """backbone -> bottleneck (``adapt.bottleneck_dim``; 0: none) -> head, plus the declared heads."""
+    return transfer_model(cfg, bottleneck_dim=cfg.adapt.bottleneck_dim, heads=model_heads(cfg))
 
 
-def apply_head(model: AdaptationModel, params, name: str, x):
+def apply_head(model: TransferModel, params, name: str, x):
     """Extra head ``name`` of ``model`` on inputs ``x``, with ``params`` (those being trained)."""
-    return model.apply({"params": params}, name, x, method=AdaptationModel.apply_head)
+    return model.apply({"params": params}, name, x, method=TransferModel.apply_head)
 
 
-def adaptation_forward(model: AdaptationModel, normalization: dict | None, views=(), uses_target: bool = True):
+def adaptation_forward(model: TransferModel, normalization: dict | None, views=(), uses_target: bool = True):
     """``forward(variables, batch, train, rng=None) -> (out, batch_stats)`` of an adaptation model,
     without data: one pass over ``[x_s; x_t; view_1(x_t); ...]`` (BatchNorm statistics over all of
     them), ``out`` = ``logits``, ``logits_t``, ``f_s``, ``f_t``, ``logits_t_<view>`` and
@@ -127,8 +77,9 @@ def adaptation_forward(model: AdaptationModel, normalization: dict | None, views
         parts = [xs, xt] + [VIEWS[v](xt, jax.random.fold_in(rng, i + 1)) for i, v in enumerate(views)]
         x = jnp.concatenate(parts)
         if train:
-            (logits, feats), upd = model.apply(variables, x, train=True, return_features=True, mutable=["batch_stats"])
-            stats = upd["batch_stats"]
+            (logits, feats), upd = model.apply(variables, x, train=True, return_features=True, mutable=["batch_stats"],
+                                               rngs=train_rngs(rng))
+            stats = upd.get("batch_stats", variables["batch_stats"])
         else:
             logits, feats = model.apply(variables, x, train=False, return_features=True)
             stats = variables["batch_stats"]
@@ -145,7 +96,8 @@ def adaptation_forward(model: AdaptationModel, normalization: dict | None, views
 
 # ---------------------------------------------------------------------------------- the task
 class AdaptationTask:
-    """Source labelled + target unlabelled training of an :class:`AdaptationModel`."""
+    """Source labelled + target unlabelled training of a :class:`TransferModel` with a bottleneck
+    and the extra heads the loss pieces declare."""
 
     def __init__(self, cfg, mesh):
         self.cfg, a = cfg, cfg.adapt
@@ -159,7 +111,7 @@ class AdaptationTask:
         # Source-only training must not see the target, not even through BatchNorm statistics.
         self.uses_target = any(get_piece(n).needs_target for n in names)
         self.views = declared_views(names)
-        self.head_regex = r"^(?!backbone/)"
+        self.head_regex = NEW_PARAMS
         src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
         check_num_classes(cfg, src)
         check_batch_fits(cfg, src)
@@ -178,13 +130,8 @@ class AdaptationTask:
         self.images_per_step = (2 if self.uses_target else 1) * cfg.batch_size
 
         self.model = build_model(cfg)
-        x0 = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), jnp.float32)
-        variables = jax.jit(lambda k: self.model.init(k, x0, method=AdaptationModel.init_all))(
-            jax.random.key(cfg.seed))
-        variables = jax.tree.map(np.asarray, dict(variables))
-        variables.setdefault("batch_stats", {})
-        if cfg.model.init:
-            variables = _load_backbone(cfg, variables)
+        x0 = np.zeros((1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.float32)
+        variables, _ = start_variables(cfg, self.model, x0, as_family=False)
         params = variables["params"]
         self.lr = make_schedule(cfg)
         txs = self.optimizers(cfg, params)
@@ -247,22 +194,3 @@ def _only(cfg, trainable: str):
     c.freeze = tuple(c.freeze) + (rf"^(?!{trainable[1:] if trainable.startswith('^') else trainable})",) \
         if trainable != r"." else tuple(c.freeze)
     return c
-
-
-def _load_backbone(cfg, variables):
-    """Pretrained weights: a registry name, port dir or .pth (backbone only), a fine-tuning
-    run's workdir (backbone only) or an adaptation run's workdir (all but the extra heads)."""
-    with phase(f"loading model.init {cfg.model.init}"):
-        pre = pretrained_variables(cfg)
-    if "backbone" in pre["params"]:
-        # Another adaptation run (the source warm-up): keep its backbone, bottleneck and
-        # classifier; the method's extra heads start fresh, and so do a bottleneck and
-        # classifier of another width (the bottleneck ablation starts from one warm-up).
-        merged, report = merge_pretrained(variables, pre, reinit=r"^(params|batch_stats)/(?!backbone/)")
-        say(f"model.init {cfg.model.init}: {report.summary()}")
-        return merged
-    pretrained = {"params": {"backbone": pre["params"]}, "batch_stats": {"backbone": pre["batch_stats"]}}
-    merged, report = merge_pretrained(variables, pretrained,
-                                      reinit=r"^(params|batch_stats)/(?!backbone/)|^(params|batch_stats)/backbone/fc/")
-    say(f"model.init {cfg.model.init}: {report.summary()}")
-    return merged

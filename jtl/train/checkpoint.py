@@ -36,6 +36,9 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from jtl.distributed import is_writer, sync
 from jtl.errors import JtlError
+from jtl.models.transfer import is_transfer_layout
+from jtl.train.layout import current_layout
+from jtl.train.runinfo import read_config_json
 
 _CRC_KEY, _ITER_KEY = "jtl_crc32", "iterator"
 
@@ -258,7 +261,12 @@ def restore_variables(workdir: str | os.PathLike, which: str = "best", *, strict
     finally:
         mngr.close()
     as_np = lambda t: jax.tree.map(np.asarray, t)
-    return {"params": as_np(restored["params"]), "batch_stats": as_np(restored["batch_stats"]), "step": step}
+    variables = {"params": as_np(restored["params"]), "batch_stats": as_np(restored["batch_stats"]) or {}}
+    arch = (read_config_json(Path(workdir) / "config.json").get("model") or {}).get("name") \
+        if not is_transfer_layout(variables["params"]) else None
+    if arch:  # a run written before the transfer layout
+        variables = current_layout(variables, arch)
+    return {**variables, "step": step}
 
 
 def _best_metric_of(workdir) -> str:

@@ -20,7 +20,6 @@ from jtl.config import resolve
 from jtl.data.classes import RunClasses
 from jtl.distributed import global_rows
 from jtl.errors import JtlError
-from jtl.models import create_model
 from jtl.progress import say
 from jtl.train import record
 from jtl.train.checkpoint import restore_variables
@@ -29,28 +28,16 @@ from jtl.train.runinfo import read_config_json
 from jtl.train.adapt import adaptation_forward, build_model as build_adaptation_model
 from jtl.train.state import TrainState
 from jtl.train.steps import make_eval_step, make_mesh, shard_batch
-from jtl.train.tasks import classification_forward, normalize_on_device
+from jtl.train.layout import current_layout
+from jtl.train.probe import only_backbone
+from jtl.train.tasks import classification_forward, transfer_model
 
 
-def _forward_of(cfg, workdir: Path, facts: dict):
-    """``forward(variables, batch, train=False) -> ({"logits", "features": {"pooled"}}, stats)``."""
-    norm = facts["normalization"]
+def _model_of(cfg, facts: dict):
+    """The run's model, as the trainer built it (a probe's: the classifier on its stored backbone)."""
     if facts["recipe"] == "adapt":
-        return adaptation_forward(build_adaptation_model(cfg), norm)  # the trainer's own forward
-    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-    model = create_model(cfg.model.name, cfg.model.num_classes, dtype=dtype)
-    if facts["recipe"] != "linear_probe":
-        return classification_forward(model, norm)
-    backbone = record.load_backbone(workdir)
-
-    def probe_forward(variables, batch, train: bool = False, rng=None):
-        """The stored frozen backbone's pooled features, then the probe's ``f W + b``."""
-        _, feats = model.apply(backbone, normalize_on_device(batch["image"], norm), train=False,
-                               return_features=True)
-        w = variables["params"]
-        return {"logits": feats["pooled"] @ w["kernel"] + w["bias"], "features": feats}, variables["batch_stats"]
-
-    return probe_forward
+        return build_adaptation_model(cfg)
+    return transfer_model(cfg)
 
 
 class RunModel:
@@ -61,7 +48,7 @@ class RunModel:
         self.workdir = Path(workdir).absolute()
         if not (self.workdir / "config.json").exists():
             raise JtlError(f"{workdir} is not a jtl run directory (no config.json)")
-        self.cfg = resolve(read_config_json(self.workdir / "config.json"))
+        self.cfg = resolve(read_config_json(self.workdir / "config.json"), recorded=True)
         if not (self.workdir / "checkpoints").is_dir():
             raise JtlError(f"{workdir} has no checkpoint yet; train first")
         if (self.workdir / record.RUN_FILE).exists():
@@ -75,7 +62,13 @@ class RunModel:
         restored = restore_variables(self.workdir, checkpoint, strict=True)
         self.step = int(restored.pop("step"))
         self.variables = {"params": restored["params"], "batch_stats": restored["batch_stats"] or {}}
-        self.forward = _forward_of(self.cfg, self.workdir, self.facts)
+        if self.facts["recipe"] == "linear_probe":  # the trained classifier on the stored frozen backbone
+            backbone = only_backbone(current_layout(record.load_backbone(self.workdir), self.cfg.model.name))
+            self.variables = {"params": {**backbone["params"], "head": self.variables["params"]["head"]},
+                              "batch_stats": backbone["batch_stats"]}
+        # The trainer's own forward pass (a probe's trainer runs it once, to extract its features).
+        self.forward = (adaptation_forward if self.facts["recipe"] == "adapt" else classification_forward)(
+            _model_of(self.cfg, self.facts), self.normalization)
         self._apply = jax.jit(lambda v, x: self.forward(v, {"image": x}, False)[0])
 
     def logits(self, images: np.ndarray) -> np.ndarray:

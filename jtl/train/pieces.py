@@ -44,7 +44,7 @@ class Context:
     teacher: dict | None
     progress: jax.Array
     rng: jax.Array
-    head: str = r"^fc/"
+    head: str = r"^(?!backbone/)"
     apply_head: Callable[[str, jax.Array], jax.Array] | None = None  # (head name, inputs) -> outputs
 
 
@@ -172,9 +172,10 @@ def l2sp_piece(ctx: Context, *, alpha: float = 1.0, beta: float = 0.0) -> jax.Ar
 
 @register("delta", needs_teacher=True, needs_target=False)
 def delta_piece(ctx: Context, *, layers=None) -> jax.Array:
-    """DELTA feature-map distance to the starting model on the same batch (default: every stage output)."""
+    """DELTA feature-map distance to the starting model on the same batch (default: the backbone
+    family's taps, :mod:`jtl.models.backbones`)."""
     feats, feats0 = ctx.out["features"], ctx.teacher["features"]
-    layers = layers or sorted(k for k in feats if re.fullmatch(r"layer\d+", k))
+    layers = layers or sorted(k for k in feats if k not in ("pooled", "backbone_pooled"))
     return regularizers.delta([feats[k] for k in layers], [feats0[k] for k in layers])
 
 

@@ -67,12 +67,10 @@ class _ArrayIterator:
         self._it.set_state(dict(state))
 
 
-class LinearHead(Dense):
-    """``logits = f W + b`` on feature vectors, with the classifier call signature."""
-
-    def __call__(self, x, train: bool = False, return_features: bool = False):  # noqa: D102
-        logits = super().__call__(x)
-        return (logits, {"pooled": x}) if return_features else logits
+def only_backbone(variables: dict) -> dict:
+    """The ``backbone`` part of transfer-layout variables (what a probe stores in backbone.npz)."""
+    return {c: {"backbone": variables[c]["backbone"]} if "backbone" in variables[c] else {}
+            for c in ("params", "batch_stats")}
 
 
 class LinearProbeTask:
@@ -87,14 +85,14 @@ class LinearProbeTask:
         self.normalization, self.classes = backbone.normalization, backbone.classes
         # The frozen backbone is part of the trained model: recorded in the run (backbone.npz),
         # which then needs neither model.init nor the training data to evaluate or predict.
-        self.backbone_variables = jax.device_get(backbone.state.variables)
+        self.backbone_variables = jax.device_get(only_backbone(backbone.state.variables))
         with phase("extracting features"):
             feats = self._extract(cfg, backbone, mesh, Path(workdir) / "features")
         self.head_regex = r"^(?!)"  # no head/backbone split: every parameter is the classifier
-        self.model = LinearHead(cfg.model.num_classes)
+        self.head = Dense(cfg.model.num_classes)  # params/head of the transfer layout; the backbone is not trained
         train_f, train_y = feats.pop("__train__")
-        variables = self.model.init(jax.random.key(cfg.seed), jnp.zeros((1, train_f.shape[1])))
-        params = jax.tree.map(np.asarray, variables["params"])
+        variables = self.head.init(jax.random.key(cfg.seed), jnp.zeros((1, train_f.shape[1])))
+        params = {"head": jax.tree.map(np.asarray, variables["params"])}
         self.lr = make_schedule(cfg)
         self.train_iterator = _ArrayIterator(_Arrays(train_f, train_y), cfg.batch_size, cfg.seed, True)
         self.eval_iterators = {
@@ -155,8 +153,9 @@ class LinearProbeTask:
         return out
 
     def forward(self, variables, batch, train: bool, rng=None):
-        logits, feats = self.model.apply({"params": variables["params"]}, batch["image"], return_features=True)
-        return {"logits": logits, "features": feats}, variables["batch_stats"]
+        """The head on cached pooled features: ``logits = f W + b``."""
+        logits = self.head.apply({"params": variables["params"]["head"]}, batch["image"])
+        return {"logits": logits, "features": {"pooled": batch["image"]}}, variables["batch_stats"]
 
     def make_step(self, loss_fn, cfg):
         return make_train_step(loss_fn, self.optimizer(cfg, self.state.params))

@@ -7,7 +7,8 @@ Written when a run starts (before the first step), next to ``config.json``::
      "excluded_classes": [...],   # training-set classes that data.classes left out
      "normalization": {"mean": [...], "std": [...], "image_size": 32, "channels": 3},
      "model": {"name": ..., "num_classes": ...},
-     "backbone": "backbone.npz"}  # linear probes: the frozen backbone's variables
+     "backbone": "backbone.npz",  # linear probes: the frozen backbone's variables
+     "layout": "transfer"}        # parameters as jtl.models.transfer lays them out
 
 ``jtl eval``, ``jtl predict`` and :class:`jtl.train.inference.RunModel` read these and the
 checkpoints; they never open the training data. A resumed run must have the same classes.
@@ -26,6 +27,7 @@ from jtl.data.classes import RunClasses
 from jtl.distributed import is_writer
 from jtl.errors import JtlError
 from jtl.train import runinfo
+from jtl.train.layout import LAYOUT
 
 RUN_FILE = "run.json"
 BACKBONE_FILE = "backbone.npz"
@@ -42,6 +44,7 @@ def facts(cfg, classes: RunClasses, normalization: dict) -> dict:
         "normalization": {k: (list(map(float, v)) if k in ("mean", "std") else v) for k, v in normalization.items()},
         "model": {"name": cfg.model.name, "num_classes": cfg.model.num_classes},
         **({"backbone": BACKBONE_FILE} if recipe_of(cfg) == "linear_probe" else {}),
+        "layout": LAYOUT,
     }
 
 

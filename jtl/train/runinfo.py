@@ -70,6 +70,7 @@ def prepare_workdir(workdir: Path, cfg) -> None:
     # Only a run that got as far as logging or checkpointing is protected: a start that failed
     # (a typo in a dataset name, say) must not lock its workdir to the mistaken config.
     if path.exists() and has_started(workdir):
+        refuse_earlier_layout(workdir)
         old = with_defaults(read_config_json(path))
         if _comparable(old) != _comparable(new):
             diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k))
@@ -79,6 +80,19 @@ def prepare_workdir(workdir: Path, cfg) -> None:
             )
     write_json(path, new)
     write_json(workdir / "run_info.json", run_info())
+
+
+def refuse_earlier_layout(workdir: Path) -> None:
+    """A run written before the transfer layout (run.json without ``"layout": "transfer"``)
+    is not resumed: its optimizer state has the old structure (:mod:`jtl.train.layout`)."""
+    try:
+        layout = json.loads((workdir / "run.json").read_text()).get("layout")
+    except (OSError, ValueError, AttributeError):
+        layout = None
+    if layout != "transfer":
+        raise JtlError(f"workdir {workdir} holds a run written before jtl's transfer layout (params/backbone, "
+                       f"params/head); it evaluates, predicts and seeds new runs (model.init={workdir}) but is not "
+                       "resumed: use a fresh --workdir")
 
 
 def has_started(workdir: str | os.PathLike) -> bool:

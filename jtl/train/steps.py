@@ -41,7 +41,7 @@ def shard_batch(mesh: Mesh, batch: dict) -> dict:
 
 
 def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: dict, total_steps: int,
-                 head: str = r"^fc/", apply_head=None):
+                 head: str = r"^(?!backbone/)", apply_head=None):
     """``loss_fn(params, state, batch, rng) -> (total, (new_batch_stats, metrics))``.
 
     ``apply_head(params, name, x)``, when the model has extra heads, lets pieces apply them.

@@ -19,7 +19,8 @@ from jtl import data as jdata
 from jtl.data.classes import RunClasses
 from jtl.config import parse_eval  # noqa: F401 - part of this module's interface
 from jtl.errors import ConfigError
-from jtl.models import create_model
+from jtl.models import family_of
+from jtl.models.transfer import TransferModel, initial_variables, to_transfer_layout
 from jtl.optim import frozen_modules, make_optimizer, make_schedule
 from jtl.progress import phase, say
 from jtl.train.pieces import get_piece
@@ -70,39 +71,62 @@ def check_batch_fits(cfg, src) -> None:
                           f"batch_size={cfg.batch_size}; set --config.batch_size to {len(src)} or fewer")
 
 
+NEW_PARAMS = r"^(?!backbone/)"  # the parameters new to a transferred model: all but the backbone
+NEW_PARTS = r"^(params|batch_stats)/(?!backbone/)"  # their variables: may differ from model.init's
+
+
 def pretrained_variables(cfg) -> dict:
-    """``{"params", "batch_stats"}`` named by ``model.init``: another run's workdir (its latest
-    checkpoint: the end of that run), or weights (registry name, `jtl port` dir, .pth/.safetensors)."""
-    from jtl.train.checkpoint import restore_variables  # noqa: PLC0415
-    from jtl.weights import load_weights  # noqa: PLC0415
+    """``{"params", "batch_stats"}`` named by ``model.init``, in the transfer layout
+    (:mod:`jtl.models.transfer`): another run's workdir (its latest checkpoint: the end of
+    that run), or weights (registry name, `jtl port` dir, .pth/.safetensors); the backbone
+    resized to ``data.image_size`` where its family needs that (ViT position embeddings)."""
+    from jtl.train.checkpoint import restore_variables  # noqa: PLC0415 - orbax only when a run seeds this one
+    from jtl.weights import load_weights  # noqa: PLC0415 - torch-format readers only when weights are named
 
     src = cfg.model.init
     if os.path.isdir(src) and (Path(src) / "checkpoints").is_dir():
         pre = restore_variables(src, which="latest")
     else:
         _, pre = load_weights(src, cfg.model.name)
-    return {"params": pre["params"], "batch_stats": pre["batch_stats"]}
+        pre = to_transfer_layout(pre, cfg.model.name)
+    pre = {"params": dict(pre["params"]), "batch_stats": dict(pre["batch_stats"] or {})}
+    family = family_of(cfg.model.name)
+    if family.resize is not None:
+        backbone = family.resize({"params": pre["params"]["backbone"],
+                                  "batch_stats": pre["batch_stats"].get("backbone", {})},
+                                 cfg.model.name, cfg.data.image_size)
+        pre["params"]["backbone"] = backbone["params"]
+        if backbone["batch_stats"]:
+            pre["batch_stats"]["backbone"] = backbone["batch_stats"]
+    return pre
 
 
-def initial_variables(cfg, model, sample: np.ndarray, head: str):
-    """Random init, or the weights named by ``model.init`` with a fresh head where shapes differ.
+def transfer_model(cfg, *, bottleneck_dim: int = 0, heads=(), frozen=()) -> TransferModel:
+    """The run's :class:`TransferModel` (``compute_dtype`` arithmetic, float32 parameters)."""
+    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    return TransferModel(cfg.model.name, cfg.model.num_classes, bottleneck_dim, tuple(heads), cfg.adapt.disc_hidden,
+                         dtype, tuple(frozen))
 
-    Returns ``(variables, old_head)``: ``old_head`` is the starting checkpoint's head
-    ({"kernel", "bias"}) if it had one (for LwF), else None.
+
+def start_variables(cfg, model: TransferModel, sample: np.ndarray, *, as_family: bool):
+    """Random init (drawn as :func:`jtl.models.transfer.initial_variables` says), then, with
+    ``model.init``, every variable of the same path and shape taken from it; the parts outside
+    the backbone that differ (another head size, a bottleneck or heads the run lacks) start
+    fresh or are dropped, as the report printed says.
+
+    Returns ``(variables, old_head)``: ``old_head`` is the starting weights' classifier
+    ({"kernel", "bias"}) if they have one (for LwF), else None.
     """
-    variables = jax.jit(model.init)(jax.random.key(cfg.seed), jnp.asarray(sample))
-    variables = jax.tree.map(np.asarray, dict(variables))
-    variables.setdefault("batch_stats", {})
+    variables = initial_variables(model, jax.random.key(cfg.seed), sample, as_family=as_family)
     if not cfg.model.init:
         return variables, None
-    from jtl.weights import merge_pretrained  # noqa: PLC0415
+    from jtl.weights import merge_pretrained  # noqa: PLC0415 - torch-format readers only when weights are named
 
     with phase(f"loading model.init {cfg.model.init}"):
         pretrained = pretrained_variables(cfg)
-    merged, report = merge_pretrained(variables, pretrained, reinit=rf"^(params|batch_stats)/{head}/")
+    merged, report = merge_pretrained(variables, pretrained, reinit=NEW_PARTS)
     say(f"model.init {cfg.model.init}: {report.summary()}")
-    old_head = pretrained["params"].get(head)
-    return merged, old_head
+    return merged, pretrained["params"].get("head")
 
 
 def check_divisible(cfg, mesh) -> None:
@@ -153,6 +177,11 @@ def normalize_on_device(images, normalization: dict):
     return jdata.preprocess_on_device({"image": images}, n["mean"], n["std"])["image"]
 
 
+def train_rngs(rng) -> dict:
+    """The rng streams of a train-mode pass: ``"dropout"`` (dropout, stochastic depth)."""
+    return {} if rng is None else {"dropout": jax.random.fold_in(rng, 0)}
+
+
 def classification_forward(model, normalization: dict | None):
     """``forward(variables, batch, train, rng=None) -> ({"logits", "features"}, batch_stats)`` of a
     classifier: no data needed (``normalization`` None: the images are already normalised floats)."""
@@ -160,7 +189,8 @@ def classification_forward(model, normalization: dict | None):
     def forward(variables, batch, train: bool, rng=None):
         x = normalize_on_device(batch["image"], normalization)
         if train:
-            (logits, feats), upd = model.apply(variables, x, train=True, return_features=True, mutable=["batch_stats"])
+            (logits, feats), upd = model.apply(variables, x, train=True, return_features=True, mutable=["batch_stats"],
+                                               rngs=train_rngs(rng))
             return {"logits": logits, "features": feats}, upd.get("batch_stats", variables["batch_stats"])
         logits, feats = model.apply(variables, x, train=False, return_features=True)
         return {"logits": logits, "features": feats}, variables["batch_stats"]
@@ -174,7 +204,7 @@ class ClassificationTask:
     def __init__(self, cfg, mesh):
         self.cfg = cfg
         check_divisible(cfg, mesh)
-        self.head_regex = rf"^{cfg.model.head}/"
+        self.head_regex = NEW_PARAMS
         src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
         check_num_classes(cfg, src)
         check_batch_fits(cfg, src)
@@ -186,12 +216,10 @@ class ClassificationTask:
         self.images_per_step = cfg.batch_size
         sample_x = np.zeros((1, cfg.data.image_size, cfg.data.image_size, cfg.data.channels), np.float32)
 
-        dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
-        probe = create_model(cfg.model.name, cfg.model.num_classes)
-        shapes = jax.eval_shape(probe.init, jax.random.key(0), jnp.asarray(sample_x))
-        frozen = frozen_modules(shapes["params"], cfg.freeze)
-        self.model = create_model(cfg.model.name, cfg.model.num_classes, dtype=dtype, frozen_bn=frozen)
-        variables, old_head = initial_variables(cfg, self.model, sample_x, cfg.model.head)
+        shapes = jax.eval_shape(transfer_model(cfg).init, jax.random.key(0), jnp.asarray(sample_x))
+        frozen = frozen_modules(shapes["params"]["backbone"], cfg.freeze, prefix="backbone/")
+        self.model = transfer_model(cfg, frozen=frozen)
+        variables, old_head = start_variables(cfg, self.model, sample_x, as_family=True)
         self.lr = make_schedule(cfg)
         needs_anchor = any(get_piece(name).needs_anchor for name in cfg.loss)
         anchor = None

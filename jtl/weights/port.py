@@ -1,6 +1,7 @@
-"""Port torchvision / timm ResNet state dicts into jtl's Flax variables.
+"""Port PyTorch (torchvision / timm) state dicts into jtl's Flax variables, for any family.
 
-Key mapping (torch -> flax), e.g. for ``layer2.0``::
+A family (:mod:`jtl.models.backbones`) gives each variable's state-dict key; e.g. for
+the ResNets (``layer2.0``)::
 
     layer2.0.conv1.weight        (O, I, kh, kw) -> params/layer2_0/conv1/kernel (kh, kw, I, O)
     layer2.0.bn1.weight | bias   (C,)           -> params/layer2_0/bn1/scale | bias
@@ -9,16 +10,15 @@ Key mapping (torch -> flax), e.g. for ``layer2.0``::
     layer2.0.downsample.0 / .1                  -> layer2_0/downsample_conv / downsample_bn
     fc.weight (out, in)                         -> params/fc/kernel (in, out)
 
-``*.num_batches_tracked`` is accepted and dropped; a ``module.`` prefix (from
-``DataParallel``) is stripped. timm's ResNets use the same names as torchvision.
-Anything else that does not match exactly (missing, unexpected or mis-shaped key)
-raises :class:`WeightsError` naming the keys.
+Convolution kernels go OIHW -> HWIO and linear ones (out, in) -> (in, out); everything
+else is copied. ``*.num_batches_tracked`` is accepted and dropped; a ``module.`` prefix
+(from ``DataParallel``) is stripped. Anything else that does not match exactly
+(missing, unexpected or mis-shaped key) raises :class:`WeightsError` naming the keys.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Mapping
 
 import jax
@@ -27,26 +27,15 @@ import numpy as np
 from flax import traverse_util
 
 from jtl.errors import WeightsError
-from jtl.models import create_model
-from jtl.models.zoo import TORCHVISION_ARCHS
+from jtl.models import arch_names, create_model, family_of
 
 Array = Any
-_FLAX_TO_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
 
-def torch_key(collection: str, path: tuple[str, ...]) -> str:
-    """The torch state-dict key of the flax variable ``collection/path``."""
-    *modules, leaf = path
-    names = []
-    for m in modules:
-        if m == "downsample_conv":
-            names.append("downsample.0")
-        elif m == "downsample_bn":
-            names.append("downsample.1")
-        else:
-            names.append(re.sub(r"^(layer\d+)_(\d+)$", r"\1.\2", m))
+def torch_key(collection: str, path: tuple[str, ...], arch: str = "resnet50") -> str:
+    """The PyTorch state-dict key of the flax variable ``collection/path`` of ``arch``."""
     del collection  # scale/bias/mean/var leaf names are unique across collections
-    return ".".join(names + [_FLAX_TO_TORCH_LEAF[leaf]])
+    return family_of(arch).torch_key(tuple(path))
 
 
 def to_flax_layout(value: np.ndarray, leaf: str) -> np.ndarray:
@@ -87,21 +76,26 @@ def port_state_dict(
 ) -> dict[str, Any]:
     """Map a torchvision-layout state dict onto ``arch``; returns ``{"params", "batch_stats"}``.
 
-    The head size is read from ``fc.weight``. ``include_head=False`` drops ``fc.*``
-    (and builds a backbone without head). Refuses any key difference.
+    The head size is read from the classifier's weight (``fc.weight`` for the ResNets).
+    ``include_head=False`` drops the classifier (and builds a backbone without one).
+    Refuses any key difference.
     """
-    if arch not in TORCHVISION_ARCHS:
-        raise WeightsError(f"unknown or non-torchvision architecture {arch!r}; portable: {', '.join(TORCHVISION_ARCHS)}")
+    family = family_of(arch) if arch in arch_names() else None
+    if family is None or arch not in family.torch_archs:
+        portable = [a for a in arch_names() if a in family_of(a).torch_archs]
+        raise WeightsError(f"unknown or non-PyTorch architecture {arch!r}; portable: {', '.join(portable)}")
     sd = _clean_keys(state_dict)
+    head_weight = family.torch_key((family.classifier, "kernel"))
+    head_prefix = head_weight[: -len("weight")]
     if include_head:
-        if "fc.weight" not in sd:
-            raise WeightsError(f"{source}: missing key fc.weight (use include_head=False for a headless checkpoint)")
-        num_classes = int(np.shape(sd["fc.weight"])[0])
+        if head_weight not in sd:
+            raise WeightsError(f"{source}: missing key {head_weight} (use include_head=False for a headless checkpoint)")
+        num_classes = int(np.shape(sd[head_weight])[0])
     else:
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+        sd = {k: v for k, v in sd.items() if not k.startswith(head_prefix)}
         num_classes = None
     expected = variable_shapes(arch, num_classes)
-    wanted = {torch_key(c, p): (c, p, shape) for (c, *p), shape in ((k, v) for k, v in expected.items())}
+    wanted = {family.torch_key(tuple(p)): (c, p, shape) for (c, *p), shape in expected.items()}
     missing = sorted(set(wanted) - set(sd))
     unexpected = sorted(set(sd) - set(wanted))
     misshaped = []
@@ -152,7 +146,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def port_torchvision(src: str | os.PathLike | Mapping[str, Array], arch: str, *, include_head: bool = True) -> dict:
-    """Port a torchvision ResNet checkpoint (path to ``.pth`` or a mapping of arrays).
+    """Port a torchvision checkpoint (path to ``.pth`` or a mapping of arrays).
 
     Returns ``{"params": ..., "batch_stats": ...}`` for ``create_model(arch, num_classes)``
     with ``num_classes`` taken from the checkpoint's ``fc``.

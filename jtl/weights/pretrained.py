@@ -25,12 +25,12 @@ from flax import traverse_util
 
 from jtl.errors import WeightsError
 from jtl.fileio import make_temp_dir
-from jtl.models import create_model
+from jtl.models import create_model, family_of
 from jtl.weights import registry
 from jtl.weights.port import port_timm, port_torchvision
 
 PORT_META = "jtl_port.json"
-HEAD_PATTERN = r"^params/fc/|^batch_stats/fc/"
+HEAD_PATTERN = r"^params/fc/|^batch_stats/fc/"  # the ResNets' classifier (create_pretrained: the family's)
 
 
 @dataclasses.dataclass
@@ -124,7 +124,8 @@ def create_pretrained(weights: str | os.PathLike, num_classes: int | None, *, ar
     arch, pretrained = load_weights(weights, arch)
     model = create_model(arch, num_classes, **model_options)
     init = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)))
-    variables, report = merge_pretrained(init, pretrained)
+    head = family_of(arch).classifier
+    variables, report = merge_pretrained(init, pretrained, reinit=rf"^(params|batch_stats)/{head}/")
     return model, variables, report
 
 
