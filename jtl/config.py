@@ -71,6 +71,8 @@ def defaults() -> ConfigDict:
     c.optim.nesterov = False
     c.optim.weight_decay = 5e-4
     c.optim.clip_norm = 0.0  # global-norm clipping; 0 = off
+    c.optim.layer_decay = 0.0  # layer-wise lr decay d in (0, 1]: layer k of L learns at lr d^(L+1-k); 0 = off
+    c.optim.no_decay = ()  # path regexes of parameters without weight decay (e.g. biases, norms, tokens)
     c.optim.schedule = "cosine"  # constant | cosine | step | inv
     c.optim.warmup_steps = 0
     c.optim.step_boundaries = (0.5, 0.75)  # fractions of total_steps (schedule "step")
@@ -341,7 +343,9 @@ def validate(c: ConfigDict) -> None:
     loss_mapping(c.loss)  # names and finite weights
     for group in c.optim.groups:
         need(isinstance(group, tuple) and len(group) == 3, f"optim.groups entries are (name, regex, lr_mult), got {group!r}")
-    for key, regexes in (("freeze", c.freeze), ("optim.groups", [g[1] for g in c.optim.groups])):
+    need(0 <= c.optim.layer_decay <= 1, f"optim.layer_decay must be in (0, 1] (0 = off), got {c.optim.layer_decay}")
+    for key, regexes in (("freeze", c.freeze), ("optim.groups", [g[1] for g in c.optim.groups]),
+                         ("optim.no_decay", c.optim.no_decay)):
         for rx in regexes:
             try:
                 re.compile(rx)

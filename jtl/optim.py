@@ -23,6 +23,7 @@ import optax
 from flax import traverse_util
 
 from jtl.errors import ConfigError
+from jtl.models.backbones import family_of
 
 FROZEN = "frozen"
 
@@ -81,26 +82,59 @@ def nonzero(x) -> bool:
     return isinstance(x, jax.core.Tracer) or bool(x)
 
 
-def _base(cfg, lr_mult: float) -> optax.GradientTransformation:
+def _base(cfg, lr_mult, decay: bool = True) -> optax.GradientTransformation:
     o = cfg.optim
     sched = make_schedule(cfg)
-    lr = (lambda step: lr_mult * sched(step)) if lr_mult != 1.0 else sched
+    lr = sched if isinstance(lr_mult, float) and lr_mult == 1.0 else (lambda step: lr_mult * sched(step))
+    wd = o.weight_decay if decay else 0.0
     if o.name == "sgd":
-        parts = [optax.add_decayed_weights(o.weight_decay)] if nonzero(o.weight_decay) else []
+        parts = [optax.add_decayed_weights(wd)] if nonzero(wd) else []
         return optax.chain(*parts, optax.sgd(lr, momentum=o.momentum if nonzero(o.momentum) else None,
                                              nesterov=o.nesterov))
     if o.name == "adam":
-        parts = [optax.add_decayed_weights(o.weight_decay)] if nonzero(o.weight_decay) else []
+        parts = [optax.add_decayed_weights(wd)] if nonzero(wd) else []
         return optax.chain(*parts, optax.adam(lr))
-    return optax.adamw(lr, weight_decay=o.weight_decay)
+    return optax.adamw(lr, weight_decay=wd)
+
+
+def refine_labels(labels, cfg, arch: str):
+    """Group labels -> ``"group|no_decay|layerK"`` labels where ``optim.no_decay`` or
+    ``optim.layer_decay`` ask: a parameter matching a ``no_decay`` regex gets no weight decay;
+    with layer decay ``d``, a parameter of layer ``k`` (the backbone family's numbering,
+    0 = the input end, L + 1 = everything after the backbone) learns at ``lr d^(L + 1 - k)``
+    (layer-wise learning-rate decay, Bao et al. 2022 / Clark et al. 2020)."""
+    no_decay = [re.compile(r) for r in cfg.optim.no_decay]
+    if not no_decay and not nonzero(cfg.optim.layer_decay):
+        return labels
+    family = family_of(arch)
+    if nonzero(cfg.optim.layer_decay) and family.layer_id is None:
+        raise ConfigError(f"optim.layer_decay: the {family.name} family numbers no layers; set optim.layer_decay=0")
+    n = family.num_layers(arch) if nonzero(cfg.optim.layer_decay) else 0
+    out = {}
+    for key, label in traverse_util.flatten_dict(labels).items():
+        path = "/".join(key)
+        if label != FROZEN:
+            if any(r.search(path) for r in no_decay):
+                label += "|no_decay"
+            if nonzero(cfg.optim.layer_decay):
+                k = family.layer_id(arch, path.removeprefix("backbone/")) if path.startswith("backbone/") else n + 1
+                label += f"|layer{n + 1 - k}"  # the exponent of the decay
+        out[key] = label
+    return traverse_util.unflatten_dict(out)
 
 
 def make_optimizer(cfg, params) -> optax.GradientTransformation:
     """``multi_transform`` over the parameter labels, with clipping first if asked."""
-    labels = label_params(params, cfg.optim.groups, cfg.freeze)
+    labels = refine_labels(label_params(params, cfg.optim.groups, cfg.freeze), cfg, cfg.model.name)
+    mults = {name: float(mult) for name, _, mult in cfg.optim.groups}
     transforms = {FROZEN: optax.set_to_zero()}
-    for name, _, mult in cfg.optim.groups:
-        transforms[name] = _base(cfg, float(mult))
+    for label in sorted(set(jax.tree.leaves(labels)) - {FROZEN}):
+        group, *tags = label.split("|")
+        depth = next((int(t[5:]) for t in tags if t.startswith("layer")), 0)
+        mult = mults[group] * (cfg.optim.layer_decay ** depth if depth else 1.0)
+        transforms[label] = _base(cfg, mult, decay="no_decay" not in tags)
+    for name in mults:  # a group no parameter falls in keeps its (empty) transform
+        transforms.setdefault(name, _base(cfg, mults[name]))
     tx = optax.multi_transform(transforms, labels)
     if nonzero(cfg.optim.clip_norm):
         tx = optax.chain(optax.clip_by_global_norm(cfg.optim.clip_norm), tx)

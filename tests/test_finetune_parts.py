@@ -100,6 +100,39 @@ def test_lr_multipliers_and_freezing_in_one_sgd_step():
     np.testing.assert_array_equal(updates["conv1"]["kernel"], 0.0)
 
 
+def test_layer_decay_and_no_decay_in_one_sgd_step():
+    """update = -lr * d^(L+1-k) * (g + wd * p), wd = 0 on no_decay parameters; k: 0 for the stem,
+    K for stage layerK, L+1 = 4 for what follows the backbone (cifar_resnet8: L = 3 stages)."""
+    from flax import traverse_util
+
+    cfg = resolve({"model": {"name": "cifar_resnet8", "num_classes": 3},
+                   "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.01, "schedule": "constant",
+                             "layer_decay": 0.5, "no_decay": (r"/bias$", r"/bn\d*/scale$")}})
+    stem = {"conv1": {"kernel": np.ones((3, 3, 3, 16), np.float32)}, "bn1": {"scale": np.ones(16, np.float32)}}
+    params = {"backbone": {**stem, "layer2_0": {"conv1": {"kernel": np.ones((3, 3, 16, 32), np.float32)},
+                                                "bn1": {"bias": np.ones(32, np.float32)}}},
+              "head": {"kernel": np.ones((64, 3), np.float32), "bias": np.ones(3, np.float32)}}
+    params = jax.tree.map(lambda p: p * 3.0, params)
+    tx = make_optimizer(cfg, params)
+    grads = jax.tree.map(lambda p: np.full(p.shape, 2.0, np.float32), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    want = {("backbone", "conv1", "kernel"): (0, True), ("backbone", "bn1", "scale"): (0, False),
+            ("backbone", "layer2_0", "conv1", "kernel"): (2, True), ("backbone", "layer2_0", "bn1", "bias"): (2, False),
+            ("head", "kernel"): (4, True), ("head", "bias"): (4, False)}
+    got = traverse_util.flatten_dict(updates)
+    assert set(got) == set(want)
+    for key, (k, decays) in want.items():
+        expected = -0.1 * 0.5 ** (4 - k) * (2.0 + (0.01 * 3.0 if decays else 0.0))
+        np.testing.assert_allclose(got[key], expected, rtol=1e-6, err_msg="/".join(key))
+
+
+def test_a_freeze_regex_matching_nothing_is_refused():
+    """A pattern written for another layout (``^layer1``: today's paths are ``backbone/layer1_0/...``)
+    would otherwise freeze nothing, silently."""
+    with pytest.raises(ConfigError, match=r"freeze regex '\^layer1' matches no parameter; parameters are named like backbone/"):
+        label_params({"backbone": {"layer1_0": {"kernel": np.ones(2)}}}, [("all", r".", 1.0)], freeze=(r"^layer1",))
+
+
 def test_inverse_decay_and_warmup_schedules():
     cfg = resolve({"total_steps": 1000, "optim": {"lr": 0.01, "schedule": "inv", "inv_gamma": 10.0, "inv_power": 0.75}})
     s = make_schedule(cfg)

@@ -57,6 +57,10 @@ class Family:
     # taps(arch) -> the feature names feature-map regularizers (DELTA) use by default, in depth
     # order; None: every entry of ``features`` but "pooled".
     taps: Callable[[str], tuple[str, ...]] | None = None
+    # Layer-wise learning-rate decay (optim.layer_decay): layer_id(arch, path) numbers a backbone
+    # parameter (path without "backbone/") from 0 (input end) to num_layers(arch).
+    layer_id: Callable[[str, str], int] | None = None
+    num_layers: Callable[[str], int] | None = None
     docs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # arch -> one line for the model table
 
 

@@ -22,6 +22,7 @@ pooled features.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Sequence
 
 import jax
@@ -203,6 +204,17 @@ def torch_key(path: tuple[str, ...]) -> str:
     return default_torch_key(renamed)
 
 
-FAMILY = register_family(Family("resnet", ResNet, ARCHS, classifier="fc", torch_archs=TORCHVISION_ARCHS,
-                                torch_key=torch_key, taps=lambda arch: tuple(
-                                    f"layer{i + 1}" for i in range(len(ARCHS[arch]["stage_sizes"]))), docs={n: doc for n, (_, doc) in _ARCHS.items()}))
+def layer_id(arch: str, path: str) -> int:
+    """0 for the stem (``conv1``, ``bn1``), k for stage ``layerk``."""
+    m = re.match(r"layer(\d+)_", path)
+    return int(m.group(1)) if m else 0
+
+
+def num_layers(arch: str) -> int:
+    return len(ARCHS[arch]["stage_sizes"])
+
+
+FAMILY = register_family(Family(
+    "resnet", ResNet, ARCHS, classifier="fc", torch_archs=TORCHVISION_ARCHS, torch_key=torch_key,
+    taps=lambda arch: tuple(f"layer{i + 1}" for i in range(num_layers(arch))),
+    layer_id=layer_id, num_layers=num_layers, docs={n: doc for n, (_, doc) in _ARCHS.items()}))
