@@ -1,0 +1,92 @@
+"""Every recipe with every backbone family: 30-step fine-tuning with a frozen partition,
+30 steps of DANN, a linear probe on the fine-tuned backbone, bf16 compute and a 2-member
+vectorized sweep, on digits at 32 px with each family's smallest architecture.
+
+References: the run's own starting point for the frozen partition (its parameters and
+BatchNorm statistics stay bit-identical, the rest moves), the loss at the start for
+training (it falls), an uninterrupted single run for the sweep (members equal runs alone).
+"""
+
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from jtl.train.loop import Trainer
+from jtl.train.vector import VectorTrainer
+from train_helpers import tiny_config
+
+# (arch, module that registers its family, freeze regex: the family's input end). About 3
+# CPU-minutes each: in `make test-slow`; `make test` walks a toy family through fine-tuning
+# and DANN (tests/test_walkthrough.py).
+CASES = [
+    pytest.param("cifar_resnet8", "jtl.models.resnet", r"^backbone/(conv1|bn1|layer1_)", id="resnet"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("JTL_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data"))
+
+
+def _cfg(arch, **kw):
+    base = {"model.name": arch, "data.image_size": 32, "data.channels": 3, "batch_size": 16, "total_steps": 30,
+            "optim.name": "adamw", "optim.lr": 1e-3, "optim.weight_decay": 0.01, **kw}
+    return tiny_config(**base)
+
+
+def _flat(tree):
+    return {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(tree)).items()}
+
+
+def _losses(wd, key="train/loss"):
+    return [json.loads(r)[key] for r in (wd / "metrics.jsonl").read_text().splitlines() if key in r]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,module,freeze", CASES)
+def test_every_recipe_trains_the_family(arch, module, freeze, tmp_path):
+    __import__(module)
+    # Fine-tuning with a frozen partition.
+    trainer = Trainer(_cfg(arch, freeze=(freeze,)), tmp_path / "ft")
+    before_p, before_s = _flat(trainer.task.state.params), _flat(trainer.task.state.batch_stats)
+    trainer.run()
+    after_p, after_s = _flat(trainer.state.params), _flat(trainer.state.batch_stats)
+    frozen = [k for k in before_p if re.search(freeze, k)]
+    assert frozen and len(frozen) < len(before_p)
+    for k in before_p:
+        if k in frozen:
+            assert before_p[k].tobytes() == after_p[k].tobytes(), k
+    assert any(not np.array_equal(before_p[k], after_p[k]) for k in before_p if k not in frozen)
+    frozen_modules = {k.split("/")[1] for k in frozen}
+    for k in before_s:  # statistics of the frozen modules
+        if k.split("/")[1] in frozen_modules:
+            assert before_s[k].tobytes() == after_s[k].tobytes(), k
+    losses = _losses(tmp_path / "ft")
+    assert len(losses) == 30 and np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+    # A linear probe on the fine-tuned backbone, and bf16 compute.
+    Trainer(_cfg(arch, recipe="linear_probe", total_steps=5, **{"model.init": str(tmp_path / "ft"), "optim.lr": 0.1}),
+            tmp_path / "probe").run()
+    assert np.isfinite(_losses(tmp_path / "probe")).all()
+    Trainer(_cfg(arch, total_steps=5, compute_dtype="bfloat16"), tmp_path / "bf16").run()
+    assert np.isfinite(_losses(tmp_path / "bf16")).all()
+
+    # Domain adaptation: DANN, with a bottleneck on the pooled feature.
+    dann = _cfg(arch, loss={"ce": 1.0, "dann": 1.0}, **{
+        "adapt.target": "digits:invert", "adapt.bottleneck_dim": 32, "adapt.disc_hidden": 32,
+        "data.eval": ("val=digits:val", "target=digits:invert:test"),
+        "optim.groups": (("backbone", r"^backbone/", 0.1), ("heads", r"^(?!backbone/)", 1.0))})
+    Trainer(dann, tmp_path / "dann").run()
+    assert len(_losses(tmp_path / "dann", "train/loss/dann")) == 30
+    assert np.isfinite(_losses(tmp_path / "dann")).all()
+
+    # A 2-member vectorized sweep: each member's losses equal its run alone.
+    cfgs = [_cfg(arch, total_steps=3, seed=s) for s in (0, 1)]
+    VectorTrainer(cfgs, [tmp_path / f"m{s}" for s in (0, 1)]).run()
+    Trainer(cfgs[1], tmp_path / "alone1").run()
+    np.testing.assert_allclose(_losses(tmp_path / "m1"), _losses(tmp_path / "alone1"), rtol=2e-5)
