@@ -24,6 +24,8 @@ from train_helpers import tiny_config
 # and DANN (tests/test_walkthrough.py).
 CASES = [
     pytest.param("cifar_resnet8", "jtl.models.resnet", r"^backbone/(conv1|bn1|layer1_)", id="resnet"),
+    pytest.param("vit_tiny_patch16_224", "jtl.models.vit", r"^backbone/(patch_embed/|cls_token$|pos_embed$|blocks_0/)",
+                 id="vit"),
 ]
 
 

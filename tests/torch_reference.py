@@ -6,6 +6,16 @@ identity), saves its state dict, and records for random NCHW batches: eval-mode
 logits, train-mode logits, and the running statistics after one train-mode
 forward pass, the train-mode ones also in float64. Runs under the system Python with Debian's python3-torchvision;
 jtl itself never imports torch.
+
+Options for the other families (all off by default, which leaves the ResNet outputs
+unchanged; flags take 0/1): ``--random-biases 1`` draws every convolution/linear bias from N(0, 0.1^2)
+(torchvision zero-initialises most, which would hide a mis-ported bias);
+``--no-dropout 1`` sets every dropout's p to 0 (train mode then is deterministic);
+``--modes`` chooses the outputs (``eval,train,train64``); ``--count-params 1`` stores
+the parameter count as ``n_params``; ``--head NAME`` stores the eval-mode input of
+sub-module NAME (``auto``: the last Linear, the classifier) as ``pooled<size>``.
+``--arch`` may list several architectures (``{arch}`` in ``--pth`` and ``--out``), which
+saves the torch start-up per architecture.
 """
 
 import argparse
@@ -25,9 +35,23 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pth", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--random-biases", type=int, default=0)
+    p.add_argument("--no-dropout", type=int, default=0)
+    p.add_argument("--modes", default="eval,train,train64")
+    p.add_argument("--count-params", type=int, default=0)
+    p.add_argument("--head", default=None)
     a = p.parse_args()
+    archs = a.arch.split(",")
+    if len(archs) > 1 and not ("{arch}" in a.pth and "{arch}" in a.out):
+        p.error("several --arch need {arch} in --pth and --out")
+    for arch in archs:  # each from the same seed: the same outputs as a run of its own
+        reference(arch, a, a.pth.replace("{arch}", arch), a.out.replace("{arch}", arch))
+
+
+def reference(arch, a, pth, out_path):
+    modes = set(a.modes.split(","))
     torch.manual_seed(a.seed)
-    model = getattr(torchvision.models, a.arch)(num_classes=a.num_classes)
+    model = getattr(torchvision.models, arch)(num_classes=a.num_classes)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -35,28 +59,45 @@ def main():
                 m.bias.normal_(0, 0.1)
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    torch.save(model.state_dict(), a.pth)
+            if a.random_biases and isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
+                m.bias.normal_(0, 0.1)
+            if a.no_dropout and isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+    torch.save(model.state_dict(), pth)
     out = {}
+    if a.count_params:
+        out["n_params"] = np.array(sum(p.numel() for p in model.parameters()))
+    head = a.head
+    if head == "auto":  # the classifier: the last Linear
+        head = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
     for size in map(int, a.sizes.split(",")):
         x = torch.randn(a.batch, 3, size, size)
         out[f"x{size}"] = x.permute(0, 2, 3, 1).numpy()  # NHWC for jtl
-        model.eval()
-        with torch.no_grad():
-            out[f"eval{size}"] = model(x).numpy()
-        trained = copy.deepcopy(model).train()
-        with torch.no_grad():
-            out[f"train{size}"] = trained(x).numpy()
-        for k, v in trained.state_dict().items():
-            if k.endswith("running_mean") or k.endswith("running_var"):
-                out[f"stats{size}/{k}"] = v.numpy()
-        # float64 train mode: exact semantics, free of float32 rounding chaos.
-        trained64 = copy.deepcopy(model).double().train()
-        with torch.no_grad():
-            out[f"train64_{size}"] = trained64(x.double()).numpy()
-        for k, v in trained64.state_dict().items():
-            if k.endswith("running_mean") or k.endswith("running_var"):
-                out[f"stats64_{size}/{k}"] = v.numpy()
-    np.savez(a.out, **out)
+        if "eval" in modes:
+            model.eval()
+            seen = []
+            hook = model.get_submodule(head).register_forward_pre_hook(lambda m, i: seen.append(i[0])) if head else None
+            with torch.no_grad():
+                out[f"eval{size}"] = model(x).numpy()
+            if hook is not None:
+                hook.remove()
+                out[f"pooled{size}"] = seen[0].numpy()
+        if "train" in modes:
+            trained = copy.deepcopy(model).train()
+            with torch.no_grad():
+                out[f"train{size}"] = trained(x).numpy()
+            for k, v in trained.state_dict().items():
+                if k.endswith("running_mean") or k.endswith("running_var"):
+                    out[f"stats{size}/{k}"] = v.numpy()
+        if "train64" in modes:
+            # float64 train mode: exact semantics, free of float32 rounding chaos.
+            trained64 = copy.deepcopy(model).double().train()
+            with torch.no_grad():
+                out[f"train64_{size}"] = trained64(x.double()).numpy()
+            for k, v in trained64.state_dict().items():
+                if k.endswith("running_mean") or k.endswith("running_var"):
+                    out[f"stats64_{size}/{k}"] = v.numpy()
+    np.savez(out_path, **out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Models: backbone families behind one contract (:mod:`jtl.models.backbones`), heads, and the
 transfer model every recipe trains (:mod:`jtl.models.transfer`)."""
 
-from jtl.models import resnet  # noqa: F401 - registers the ResNet family
+# Importing a family's module registers it (jtl.models.backbones).
+from jtl.models import convnext, densenet, mobilenet, resnet, swin, vgg, vit  # noqa: F401
 from jtl.models.backbones import FAMILIES, Family, arch_names, create_model, family_of, register_family
 from jtl.models.layers import BatchNorm, Conv, Dense
 from jtl.models.resnet import BasicBlock, Bottleneck, ResNet

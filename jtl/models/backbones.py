@@ -47,13 +47,25 @@ class Family:
     module: Callable[..., nn.Module]
     archs: Mapping[str, Mapping[str, Any]]
     classifier: str = "fc"  # the classifier sub-module's name in the family's own (ported) layout
+    # Further classifier-side modules of the family's own layout, not part of the backbone (DeiT's
+    # distillation head_dist): dropped when the network becomes a TransferModel's backbone.
+    extra_classifiers: tuple[str, ...] = ()
     # Porting from PyTorch (:mod:`jtl.weights.port`): the architectures that have a PyTorch
     # original, and the state-dict key of each variable path (collection dropped).
     torch_archs: tuple[str, ...] = ()
     torch_key: Callable[[tuple[str, ...]], str] | None = None
+    # State-dict keys that are not learned and that the module computes itself (Swin's
+    # relative_position_index, attn_mask), as regexes: dropped when porting.
+    ignored_keys: tuple[str, ...] = ()
+    # rename_keys(state_dict) -> state_dict in today's key names (published files with older ones).
+    rename_keys: Callable[[dict], dict] | None = None
+    input_size: int = 224  # an input size every architecture of the family accepts (for abstract builds)
     # resize(variables, arch, image_size) -> the variables of the same network at another input
     # size (ViT: position embeddings resampled as timm does); None: the variables fit any size.
     resize: Callable[[dict, str, int], dict] | None = None
+    # The module field that makes fresh variables for a given input size (ViT: "img_size", the
+    # position grid), so that a run's initial variables and resized pretrained ones agree.
+    image_size_field: str | None = None
     # taps(arch) -> the feature names feature-map regularizers (DELTA) use by default, in depth
     # order; None: every entry of ``features`` but "pooled".
     taps: Callable[[str], tuple[str, ...]] | None = None

@@ -45,10 +45,10 @@ class TransferModel(nn.Module):
     disc_hidden: int = 1024
     dtype: Any = jnp.float32
     frozen: tuple[str, ...] = ()
+    image_size: int = 0  # the input size fresh variables are made for, where the family needs it (0: its own)
 
     def setup(self):
-        options = {"frozen": tuple(self.frozen)} if self.frozen else {}
-        self.backbone = create_model(self.arch, None, dtype=self.dtype, **options)
+        self.backbone = create_model(self.arch, None, dtype=self.dtype, **backbone_options(self))
         self.bottleneck = Bottleneck(self.bottleneck_dim, dtype=self.dtype) if self.bottleneck_dim else None
         self.head = Dense(self.num_classes, dtype=self.dtype)
         for name, spec, _ in self.heads:
@@ -79,6 +79,13 @@ class TransferModel(nn.Module):
         return out
 
 
+def backbone_options(model: TransferModel) -> dict:
+    """The family module's options: its frozen parts, and the input size where the family needs it."""
+    options = {"frozen": tuple(model.frozen)} if model.frozen else {}
+    field = family_of(model.arch).image_size_field
+    return {**options, field: model.image_size} if field and model.image_size else options
+
+
 def is_transfer_layout(params) -> bool:
     return "backbone" in params
 
@@ -87,13 +94,15 @@ def to_transfer_layout(variables: dict, arch: str) -> dict:
     """Variables in the family's own layout (its classifier a top-level module, as ported
     weights and runs before this layout have it) -> ``{"params": {"backbone", "head"?}, ...}``.
     Variables already in the transfer layout are returned unchanged."""
-    classifier = family_of(arch).classifier
+    family = family_of(arch)
     if is_transfer_layout(variables["params"]):
         return variables
     out = {}
     for collection in ("params", "batch_stats"):
         tree = dict(variables.get(collection) or {})
-        head = tree.pop(classifier, None)
+        head = tree.pop(family.classifier, None)
+        for extra in family.extra_classifiers:
+            tree.pop(extra, None)
         out[collection] = {k: v for k, v in (("backbone", tree), ("head", head)) if v}
     return out
 
@@ -110,7 +119,7 @@ def initial_variables(model: TransferModel, key: jax.Array, sample, *, as_family
     if model.bottleneck_dim or model.heads or not as_family:
         variables = jax.jit(lambda k: model.init(k, sample, method=TransferModel.init_all))(key)
     else:
-        own = create_model(model.arch, model.num_classes, dtype=model.dtype)
+        own = create_model(model.arch, model.num_classes, dtype=model.dtype, **backbone_options(model))
         variables = to_transfer_layout(dict(jax.jit(own.init)(key, sample)), model.arch)
     variables = jax.tree.map(np.asarray, dict(variables))
     variables.setdefault("batch_stats", {})

@@ -105,7 +105,7 @@ def transfer_model(cfg, *, bottleneck_dim: int = 0, heads=(), frozen=()) -> Tran
     """The run's :class:`TransferModel` (``compute_dtype`` arithmetic, float32 parameters)."""
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     return TransferModel(cfg.model.name, cfg.model.num_classes, bottleneck_dim, tuple(heads), cfg.adapt.disc_hidden,
-                         dtype, tuple(frozen))
+                         dtype, tuple(frozen), cfg.data.image_size)
 
 
 def start_variables(cfg, model: TransferModel, sample: np.ndarray, *, as_family: bool):
@@ -125,6 +125,7 @@ def start_variables(cfg, model: TransferModel, sample: np.ndarray, *, as_family:
     with phase(f"loading model.init {cfg.model.init}"):
         pretrained = pretrained_variables(cfg)
     merged, report = merge_pretrained(variables, pretrained, reinit=NEW_PARTS)
+    merged.setdefault("batch_stats", {})  # a family without BatchNorm has none
     say(f"model.init {cfg.model.init}: {report.summary()}")
     return merged, pretrained["params"].get("head")
 

@@ -19,6 +19,7 @@ else is copied. ``*.num_batches_tracked`` is accepted and dropped; a ``module.``
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping
 
 import jax
@@ -85,6 +86,11 @@ def port_state_dict(
         portable = [a for a in arch_names() if a in family_of(a).torch_archs]
         raise WeightsError(f"unknown or non-PyTorch architecture {arch!r}; portable: {', '.join(portable)}")
     sd = _clean_keys(state_dict)
+    if family.rename_keys is not None:
+        sd = family.rename_keys(sd)
+    if family.ignored_keys:
+        ignored = re.compile("|".join(family.ignored_keys))
+        sd = {k: v for k, v in sd.items() if not ignored.search(k)}
     head_weight = family.torch_key((family.classifier, "kernel"))
     head_prefix = head_weight[: -len("weight")]
     if include_head:
@@ -92,9 +98,10 @@ def port_state_dict(
             raise WeightsError(f"{source}: missing key {head_weight} (use include_head=False for a headless checkpoint)")
         num_classes = int(np.shape(sd[head_weight])[0])
     else:
-        sd = {k: v for k, v in sd.items() if not k.startswith(head_prefix)}
+        heads = (head_prefix, *(family.torch_key((m, "kernel"))[: -len("weight")] for m in family.extra_classifiers))
+        sd = {k: v for k, v in sd.items() if not k.startswith(heads)}
         num_classes = None
-    expected = variable_shapes(arch, num_classes)
+    expected = variable_shapes(arch, num_classes, family.input_size)
     wanted = {family.torch_key(tuple(p)): (c, p, shape) for (c, *p), shape in expected.items()}
     missing = sorted(set(wanted) - set(sd))
     unexpected = sorted(set(sd) - set(wanted))
