@@ -40,18 +40,43 @@ def dann(d_logits_source, d_logits_target, weights_source=None, weights_target=N
     return 0.5 * (ls + lt)
 
 
-def cdan(d_logits_source, d_logits_target, weights_source=None, weights_target=None):
+def cdan(d_logits_source, d_logits_target, weights_source=None, weights_target=None, *, normalize="domain"):
     """CDAN / CDAN+E loss: the DANN loss on the discriminator logits of the conditioned features
-    ``T(f, g)`` (:func:`multilinear_map` or :func:`randomized_multilinear_map`), after :func:`grl`:
+    ``T(f, g)`` (:func:`multilinear_map` or :func:`randomized_multilinear_map`), after :func:`grl`.
+
+    ``normalize="domain"`` (default; the authors' code, thuml/CDAN ``pytorch/loss.py``, which
+    normalises each domain's weights to sum 1): each domain's weighted mean, then their average,
 
         L = 1/2 [ sum_i w^s_i BCE(D(T(f^s_i, g^s_i)), 1) / sum_i w^s_i
                 + sum_j w^t_j BCE(D(T(f^t_j, g^t_j)), 0) / sum_j w^t_j ].
 
-    CDAN: no weights. CDAN+E: ``w = entropy_weights(softmax(g))`` per domain.
+    ``normalize="joint"`` (Transfer-Learning-Library, ``tllib/alignment/cdan.py``,
+    ``ConditionalDomainAdversarialLoss``: weights normalised to mean 1 over the joint batch,
+    then a mean BCE over it): one weighted mean over the joint batch ``[source; target]``,
+
+        L = sum_k w_k BCE_k / sum_k w_k,   k over all m + n samples,
+
+    which, without weights, is the joint mean ``(m mean_s + n mean_t) / (m + n)`` (equal to the
+    default when m = n). With weights, the two differ: a confident domain weighs more in the
+    joint mean. A missing domain's weights count as ones; weights are constants.
+
+    CDAN: no weights. CDAN+E: ``w = entropy_weights(softmax(g))`` (per domain for "domain",
+    over the joint batch for "joint" -- in the joint mean only the weights' ratios matter).
 
     Long et al., "Conditional Adversarial Domain Adaptation", NeurIPS 2018.
     """
-    return dann(d_logits_source, d_logits_target, weights_source, weights_target)
+    if normalize == "domain":
+        return dann(d_logits_source, d_logits_target, weights_source, weights_target)
+    if normalize != "joint":
+        raise ValueError(f"cdan: normalize must be 'domain' or 'joint' (got {normalize!r})")
+    zs = as_float(d_logits_source).reshape(-1)
+    zt = as_float(d_logits_target).reshape(-1)
+    losses = jnp.concatenate([jax.nn.softplus(-zs), jax.nn.softplus(zt)])
+    if weights_source is None and weights_target is None:
+        return jnp.mean(losses)
+    ws = jnp.ones_like(zs) if weights_source is None else jnp.asarray(weights_source, zs.dtype).reshape(-1)
+    wt = jnp.ones_like(zt) if weights_target is None else jnp.asarray(weights_target, zt.dtype).reshape(-1)
+    return domain_mean(losses, jnp.concatenate([ws, wt]))
 
 
 def multilinear_map(f, g, *, detach=True):
@@ -99,8 +124,10 @@ def entropy_weights(probs):
 
         w_i = 1 + exp(-H(p_i)),   H(p) = -sum_c p_c log p_c,   normalised to mean 1: w_i <- B w_i / sum_j w_j.
 
-    Confident (low-entropy) samples weigh more. Computed per domain and detached
-    (stop_gradient); pass to :func:`cdan` as ``weights_source`` / ``weights_target``.
+    Confident (low-entropy) samples weigh more. Detached (stop_gradient); pass one domain's
+    predictions per call to :func:`cdan` as ``weights_source`` / ``weights_target``, or the joint
+    batch's for ``cdan(..., normalize="joint")``, split at the source size. (The authors' code
+    lets a reversed gradient reach the entropy; jtl and TLlib detach it.)
     """
     p = lax.stop_gradient(as_float(probs))
     w = 1.0 + jnp.exp(-prob_entropy(p))

@@ -27,7 +27,7 @@ from jax import lax
 from jtl.losses._common import as_float
 
 
-def mdd(logits, adv_logits_source, adv_logits_target, *, margin=4.0):
+def mdd(logits, adv_logits_source, adv_logits_target, *, margin=4.0, convention="paper"):
     """MDD transfer loss (see the module docstring for players and usage).
 
     Args:
@@ -36,6 +36,11 @@ def mdd(logits, adv_logits_source, adv_logits_target, *, margin=4.0):
       adv_logits_source: adversarial head logits on source, (m, C), computed after ``grl``.
       adv_logits_target: adversarial head logits on target, (n, C), computed after ``grl``.
       margin: gamma = exp(rho), the margin factor of the source term.
+      convention: ``"paper"`` (default): ``log(1 - p)`` exactly; ``"tllib"``: Transfer-Learning-
+        Library's ``shift_log`` (``tllib/alignment/mdd.py``), ``log(min(1 - p + 1e-6, 1))``: larger by
+        about ``1e-6 / (1 - p)``, so different only as p -> 1 (bounded below by ``log 1e-6``),
+        and without gradient where ``p < 1e-6``. TLlib's loss is the negative of this one, and its trainer
+        minimises ``-mdd``: the same objective.
 
     Returns:
       ``gamma * mean CE(adv_s, argmax f_s) - mean log(1 - softmax(adv_t)[argmax f_t])``.
@@ -54,7 +59,13 @@ def mdd(logits, adv_logits_source, adv_logits_target, *, margin=4.0):
     logp_s = jax.nn.log_softmax(zs_adv, axis=-1)
     ce_s = -jnp.take_along_axis(logp_s, ys[:, None], axis=-1)[:, 0]
 
-    mask = jax.nn.one_hot(yt, zt_adv.shape[-1], dtype=bool)
-    log_rest = jax.nn.logsumexp(jnp.where(mask, -jnp.inf, zt_adv), axis=-1)
-    log_one_minus_p = log_rest - jax.nn.logsumexp(zt_adv, axis=-1)
+    if convention == "tllib":
+        p_t = jnp.take_along_axis(jax.nn.softmax(zt_adv, axis=-1), yt[:, None], axis=-1)[:, 0]
+        log_one_minus_p = jnp.log(jnp.minimum(1.0 - p_t + 1e-6, 1.0))
+    elif convention == "paper":
+        mask = jax.nn.one_hot(yt, zt_adv.shape[-1], dtype=bool)
+        log_rest = jax.nn.logsumexp(jnp.where(mask, -jnp.inf, zt_adv), axis=-1)
+        log_one_minus_p = log_rest - jax.nn.logsumexp(zt_adv, axis=-1)
+    else:
+        raise ValueError(f"mdd: convention must be 'paper' or 'tllib' (got {convention!r})")
     return margin * jnp.mean(ce_s) - jnp.mean(log_one_minus_p)

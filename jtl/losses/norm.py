@@ -1,6 +1,9 @@
 """Adaptive Feature Norm (Xu et al., "Larger Norm More Transferable: An Adaptive Feature
 Norm Approach for Unsupervised Domain Adaptation", ICCV 2019). Apply to each domain's
-(bottleneck) features and add the two terms."""
+(bottleneck) features and add the two terms, ``afn(f_s) + afn(f_t)``, as the ``afn`` loss piece
+and Transfer-Learning-Library do (``tllib/normalization/afn.py``, ``AdaptiveFeatureNorm``; its
+example ``examples/domain_adaptation/image_classification/afn.py``). One call on the joint batch
+``[f_s; f_t]`` would halve each sample's gradient (the mean runs over 2B samples)."""
 
 import jax.numpy as jnp
 from jax import lax

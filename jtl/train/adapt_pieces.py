@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import optax
 
 from jtl import losses as L
+from jtl.errors import ConfigError
+from jtl.losses.mcd import class_balance
+from jtl.optim import nonzero
 from jtl.train.pieces import Context, Head, Phase, register
 
 # The heads pieces declare (widths: adapt.disc_hidden; "classes": one output per class).
@@ -39,13 +42,21 @@ CDAN_DISC = Head(hidden=2, outputs=1, input_dim=_cdan_width)
 # ---------------------------------------------------------------------------------- step structures
 def mcd_phases(loss: Sequence[tuple[str, float]], cfg) -> list[Phase]:
     """Saito et al. (2018): A) all on source CE of both classifiers (plus any other pieces);
-    B) classifiers on CE - w*discrepancy; C) features on w*discrepancy, n times."""
+    B) classifiers on CE - w*discrepancy; C) features on w*discrepancy, n times.
+
+    With ``loss_options.mcd.balance_weight = b`` (TLlib's ``--trade-off-entropy``, 0.01 there;
+    default 0: off), A and B also minimise ``b * mcd_balance`` (:func:`jtl.losses.mcd.class_balance`
+    of both classifiers' target predictions), as TLlib's MCD example does."""
+    if "mcd_balance" in dict(loss):
+        raise ConfigError("loss piece 'mcd_balance' is set by loss_options.mcd.balance_weight, not in loss")
     w = dict(loss)["mcd"]
+    b = cfg.loss_options.to_dict().get("mcd", {}).get("balance_weight", 0.0) if "loss_options" in cfg else 0.0
+    balance = (("mcd_balance", b),) if nonzero(b) else ()
     others = tuple((n, v) for n, v in loss if n not in ("mcd", "ce", "ce2"))
     ce = (("ce", 1.0), ("ce2", 1.0))
     return [
-        Phase("A", ce + others),
-        Phase("B", ce + (("mcd", -w),), r"^(head|head2)/"),
+        Phase("A", ce + balance + others),
+        Phase("B", ce + balance + (("mcd", -w),), r"^(head|head2)/"),
         Phase("C", (("mcd", w),), r"^(backbone|bottleneck)/", cfg.adapt.mcd_generator_steps),
     ]
 
@@ -78,8 +89,10 @@ def cdan_input(f, logits, *, randomized: bool, dim: int, seed: int = 0):
 
 @register("cdan", heads={"disc": CDAN_DISC})
 def cdan_piece(ctx: Context, *, alpha: float = 10.0, entropy: bool = True, randomized: bool = False,
-               dim: int = 1024):
-    """CDAN(+E): discriminator on ``grl(f (x) softmax(g))``; ``entropy`` weights by 1 + exp(-H)."""
+               dim: int = 1024, normalize: str = "domain"):
+    """CDAN(+E): discriminator on ``grl(f (x) softmax(g))``; ``entropy`` weights by 1 + exp(-H),
+    normalised per domain (``normalize="domain"``) or over the joint batch as TLlib does
+    (``"joint"``; see :func:`jtl.losses.cdan`). TLlib's example: ``entropy=False`` unless ``--entropy``."""
     f, n = _both(ctx)
     g = jnp.concatenate([ctx.out["logits"], ctx.out["logits_t"]])
     h = cdan_input(f, g, randomized=randomized, dim=dim)
@@ -87,40 +100,52 @@ def cdan_piece(ctx: Context, *, alpha: float = 10.0, entropy: bool = True, rando
     ws = wt = None
     if entropy:
         p = jax.nn.softmax(g)
-        ws, wt = L.entropy_weights(p[:n]), L.entropy_weights(p[n:])
+        if normalize == "joint":
+            w = L.entropy_weights(p)
+            ws, wt = w[:n], w[n:]
+        else:
+            ws, wt = L.entropy_weights(p[:n]), L.entropy_weights(p[n:])
     acc = 0.5 * (jnp.mean(d[:n] > 0) + jnp.mean(d[n:] < 0))
-    return L.cdan(d[:n], d[n:], ws, wt), {"disc_accuracy": acc}
+    return L.cdan(d[:n], d[n:], ws, wt, normalize=normalize), {"disc_accuracy": acc}
 
 
 @register("mmd")
-def mmd_piece(ctx: Context, *, alphas=(0.5, 1.0, 2.0), linear: bool = False):
-    """DAN: multi-kernel MMD between source and target bottleneck features."""
-    return L.mk_mmd(ctx.out["f_s"], ctx.out["f_t"], alphas=tuple(alphas), linear=linear)
+def mmd_piece(ctx: Context, *, alphas=(0.5, 1.0, 2.0), linear: bool = False, pairs: str = "disjoint",
+              bandwidth: str = "offdiag"):
+    """DAN: multi-kernel MMD between source and target bottleneck features (options: :func:`jtl.losses.mk_mmd`;
+    TLlib's DAN: ``alphas=(0.125, 0.25, 0.5, 1, 2), linear=True, pairs="circular", bandwidth="tllib"``)."""
+    return L.mk_mmd(ctx.out["f_s"], ctx.out["f_t"], alphas=tuple(alphas), linear=linear, pairs=pairs,
+                    bandwidth=bandwidth)
 
 
 @register("jmmd")
-def jmmd_piece(ctx: Context, *, linear: bool = False):
-    """JAN: joint MMD over (features, softmax outputs)."""
+def jmmd_piece(ctx: Context, *, linear: bool = False, alphas_per_layer=None, pairs: str = "disjoint",
+               bandwidth: str = "offdiag"):
+    """JAN: joint MMD over (features, softmax outputs) (options: :func:`jtl.losses.jmmd`)."""
     ps, pt = jax.nn.softmax(ctx.out["logits"]), jax.nn.softmax(ctx.out["logits_t"])
-    return L.jmmd([ctx.out["f_s"], ps], [ctx.out["f_t"], pt], linear=linear)
+    return L.jmmd([ctx.out["f_s"], ps], [ctx.out["f_t"], pt], linear=linear, alphas_per_layer=alphas_per_layer,
+                  pairs=pairs, bandwidth=bandwidth)
 
 
 @register("coral")
-def coral_piece(ctx: Context):
-    """Deep CORAL on the bottleneck features."""
-    return L.coral(ctx.out["f_s"], ctx.out["f_t"])
+def coral_piece(ctx: Context, *, convention: str = "paper"):
+    """Deep CORAL on the bottleneck features (``convention="tllib"``: TLlib's mean + covariance form)."""
+    return L.coral(ctx.out["f_s"], ctx.out["f_t"], convention=convention)
 
 
 @register("mdd", heads={"adv": ADV})
-def mdd_piece(ctx: Context, *, margin: float = 4.0, alpha: float = 10.0, high: float = 0.1):
+def mdd_piece(ctx: Context, *, margin: float = 4.0, alpha: float = 10.0, high: float = 0.1,
+              convention: str = "paper"):
     """MDD: the adversarial classifier on ``grl(f)`` against the main classifier's predictions.
 
     The reversal coefficient ramps to ``high`` = 0.1: with the margin's weight gamma on the
     source term, a full-strength reversal lets the features destroy source accuracy
-    (measured: digits -> digits:mnistm fell below source-only at 1.0)."""
+    (measured: digits -> digits:mnistm fell below source-only at 1.0). TLlib's ramp too
+    (``tllib/alignment/mdd.py``: hi 0.1 over ``i / 1000`` iterations: ``alpha = total_steps / 1000``).
+    ``convention="tllib"``: TLlib's ``shift_log`` on the target term (:func:`jtl.losses.mdd`)."""
     f, n = _both(ctx)
     adv = ctx.apply_head("adv", L.grl(f, _coeff(ctx, alpha, high)))
-    return L.mdd((ctx.out["logits"], ctx.out["logits_t"]), adv[:n], adv[n:], margin=margin)
+    return L.mdd((ctx.out["logits"], ctx.out["logits_t"]), adv[:n], adv[n:], margin=margin, convention=convention)
 
 
 @register("wdgrl", heads={"disc": DISC})
@@ -143,9 +168,10 @@ def bsp_piece(ctx: Context, *, k: int = 1):
 
 @register("afn")
 def afn_piece(ctx: Context, *, delta: float = 1.0):
-    """SAFN: enlarge feature norms step by step (both domains)."""
-    f, _ = _both(ctx)
-    return L.afn(f, delta=delta)
+    """SAFN on each domain, summed: ``afn(f_s) + afn(f_t)`` (Xu et al. 2019; TLlib's
+    ``examples/domain_adaptation/image_classification/afn.py``). Value ``2 delta^2``; each sample's
+    gradient is ``-2 delta f_i / (B ||f_i||)``, twice that of one ``afn`` over the joint batch."""
+    return L.afn(ctx.out["f_s"], delta=delta) + L.afn(ctx.out["f_t"], delta=delta)
 
 
 @register("mcc")
@@ -187,9 +213,18 @@ def ce2_piece(ctx: Context):
 
 
 @register("mcd", heads={"head2": SECOND_CLASSIFIER}, phases=mcd_phases)
-def mcd_piece(ctx: Context):
-    """MCD's classifier discrepancy on the target batch."""
+def mcd_piece(ctx: Context, *, balance_weight: float = 0.0):
+    """MCD's classifier discrepancy on the target batch. ``balance_weight`` is read by
+    :func:`mcd_phases` (it adds ``mcd_balance`` to steps A and B), not here."""
+    del balance_weight
     return L.mcd_discrepancy(ctx.out["logits_t"], ctx.apply_head("head2", ctx.out["f_t"]))
+
+
+@register("mcd_balance", heads={"head2": SECOND_CLASSIFIER})
+def mcd_balance_piece(ctx: Context):
+    """TLlib's MCD class-balance term on both classifiers' target predictions,
+    ``class_balance(F1(f_t)) + class_balance(F2(f_t))``; see :func:`mcd_phases`."""
+    return class_balance(ctx.out["logits_t"]) + class_balance(ctx.apply_head("head2", ctx.out["f_t"]))
 
 
 
