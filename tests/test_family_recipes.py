@@ -26,7 +26,12 @@ CASES = [
     pytest.param("cifar_resnet8", "jtl.models.resnet", r"^backbone/(conv1|bn1|layer1_)", id="resnet"),
     pytest.param("vit_tiny_patch16_224", "jtl.models.vit", r"^backbone/(patch_embed/|cls_token$|pos_embed$|blocks_0/)",
                  id="vit"),
+    pytest.param("convnext_atto", "jtl.models.convnext", r"^backbone/(stem_\d|stages_0)/", id="convnext"),
+    pytest.param("mobilenet_v3_large", "jtl.models.mobilenet", r"^backbone/features_[0-3]/", id="mobilenet"),
+    pytest.param("densenet121", "jtl.models.densenet", r"^backbone/(conv0|norm0|denseblock1)/", id="densenet"),
+    pytest.param("alexnet", "jtl.models.vgg", r"^backbone/features_[0-3]/", id="alexnet"),  # at 64 px (its 11x11/4 stem)
 ]
+# Swin-T takes only multiples of 224 px (its windows): a 30-step run at 224 px is left to GPU machines.
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +40,7 @@ def _data_dir(tmp_path_factory, monkeypatch):
 
 
 def _cfg(arch, **kw):
-    base = {"model.name": arch, "data.image_size": 32, "data.channels": 3, "batch_size": 16, "total_steps": 30,
+    base = {"model.name": arch, "data.image_size": 64 if arch == "alexnet" else 32, "data.channels": 3, "batch_size": 16, "total_steps": 30,
             "optim.name": "adamw", "optim.lr": 1e-3, "optim.weight_decay": 0.01, **kw}
     return tiny_config(**base)
 

@@ -1,6 +1,8 @@
 """Fine-tuning parts against independent references: regularizers (numpy), metrics (scikit-learn),
 optimizer partitions and schedules (hand-computed SGD), gradient accumulation."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,6 +126,35 @@ def test_layer_decay_and_no_decay_in_one_sgd_step():
     for key, (k, decays) in want.items():
         expected = -0.1 * 0.5 ** (4 - k) * (2.0 + (0.01 * 3.0 if decays else 0.0))
         np.testing.assert_allclose(got[key], expected, rtol=1e-6, err_msg="/".join(key))
+
+
+def test_the_vit_recipe_decays_layers_and_spares_norms_and_tokens():
+    """configs/finetune_vit.py on a ViT: BEiT's numbering (tokens and patch embedding 0, block i
+    i + 1, norm and head L + 1) gives each parameter lr d^(L + 1 - k); biases, norms, tokens and
+    the position embedding get no weight decay."""
+    from flax import traverse_util
+
+    from jtl.config import load_config
+    from jtl.models.transfer import TransferModel
+    from jtl.optim import refine_labels
+
+    cfg = load_config(str(Path(__file__).parents[1] / "configs" / "finetune_vit.py") + ":digits,model=vit_tiny_patch16_224,init=,size=32")
+    model = TransferModel("vit_tiny_patch16_224", 10, image_size=32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    labels = traverse_util.flatten_dict(
+        refine_labels(label_params(shapes["params"], cfg.optim.groups, cfg.freeze), cfg, cfg.model.name))
+    depth = 12
+    want = {"backbone/cls_token": f"all|no_decay|layer{depth + 1}",
+            "backbone/pos_embed": f"all|no_decay|layer{depth + 1}",
+            "backbone/patch_embed/proj/kernel": f"all|layer{depth + 1}",
+            "backbone/blocks_0/attn/qkv/kernel": f"all|layer{depth}",
+            "backbone/blocks_0/norm1/scale": f"all|no_decay|layer{depth}",
+            "backbone/blocks_11/mlp/fc2/bias": "all|no_decay|layer1",
+            "backbone/norm/scale": "all|no_decay|layer0",
+            "head/kernel": "all|layer0"}
+    got = {"/".join(k): v for k, v in labels.items()}
+    for path, label in want.items():
+        assert got[path] == label, path
 
 
 def test_a_freeze_regex_matching_nothing_is_refused():

@@ -245,13 +245,15 @@ def test_offline_error_says_where_to_put_the_file(tmp_path):
 
 
 def test_registry_entries_are_consistent():
+    from jtl.models import family_of
     from jtl.weights import REGISTRY
 
     for name, spec in REGISTRY.items():
         assert name.startswith(spec.arch + ".")
+        assert spec.arch in family_of(spec.arch).torch_archs, name  # a portable architecture
         assert len(spec.sha256) in (8, 64) and int(spec.sha256, 16) >= 0
-        if spec.format == "torchvision":  # torchvision file names embed the sha256 prefix
-            assert spec.filename.split("-")[1].split(".")[0] == spec.sha256[:8], name
+        if spec.format == "torchvision":  # torchvision (and DeiT) file names embed the sha256 prefix
+            assert spec.filename.rsplit("-", 1)[1].split(".")[0] == spec.sha256[:8], name
     assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"} <= {
         s.arch for s in REGISTRY.values() if s.name.endswith(".tv_in1k")
     }

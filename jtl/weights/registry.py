@@ -26,6 +26,7 @@ from jtl.errors import ChecksumError, DownloadError, WeightsError
 
 TV = "https://download.pytorch.org/models/"
 HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
+FB_DEIT = "https://dl.fbaipublicfiles.com/deit/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,21 @@ REGISTRY: dict[str, WeightSpec] = {
         _tv("resnet50", "tv2_in1k", "resnet50-11ad3fa6.pth", "11ad3fa62ca79e40addfd354a8ec4b7c75143b3038b8d2a807fbc68deab379ca", 80.858),
         _tv("resnet101", "tv2_in1k", "resnet101-cd907fc2.pth", "cd907fc2a0de2292b2ba2b27d2216bc672d84632d1cf20058d01c0c03b5e020e", 81.886),
         _tv("resnet152", "tv2_in1k", "resnet152-f82ba261.pth", "f82ba261", 82.284),
+        # Other torchvision families: the 8 hex digits after the dash are torchvision's sha256 prefix
+        # (torchvision checks exactly that); top-1 from torchvision's weight metadata.
+        _tv("vgg11", "tv_in1k", "vgg11-8a719046.pth", "8a719046", 69.020),
+        _tv("vgg16", "tv_in1k", "vgg16-397923af.pth", "397923af", 71.592),
+        _tv("vgg16_bn", "tv_in1k", "vgg16_bn-6c64b313.pth", "6c64b313", 73.360),
+        _tv("alexnet", "tv_in1k", "alexnet-owt-7be5be79.pth", "7be5be79", 56.522),
+        _tv("densenet121", "tv_in1k", "densenet121-a639ec97.pth", "a639ec97", 74.434),
+        _tv("mobilenet_v3_large", "tv_in1k", "mobilenet_v3_large-8738ca79.pth", "8738ca79", 74.042),
+        _tv("mobilenet_v3_large", "tv2_in1k", "mobilenet_v3_large-5c1a4163.pth", "5c1a4163", 75.274),
+        # DeiT (Touvron et al. 2021): the authors' files, whose loader checks the same sha256 prefix;
+        # top-1 from the DeiT README. A "model" wrapper in the .pth is unwrapped when read.
+        WeightSpec("deit_small_patch16_224.fb_in1k", "deit_small_patch16_224", FB_DEIT + "deit_small_patch16_224-cd65a155.pth",
+                   "cd65a155", "deit_small_patch16_224-cd65a155.pth", "torchvision", top1=79.9, note="facebookresearch/deit"),
+        WeightSpec("deit_base_patch16_224.fb_in1k", "deit_base_patch16_224", FB_DEIT + "deit_base_patch16_224-b5f2ef4d.pth",
+                   "b5f2ef4d", "deit_base_patch16_224-b5f2ef4d.pth", "torchvision", top1=81.8, note="facebookresearch/deit"),
         _timm("resnet18", "a1_in1k", "80c49dee3da4822c009c5a7fe591e9223c5a2cfcf95a4067ca4dfb5a7b89c612", 73.158),
         _timm("resnet34", "a1_in1k", "829a220f9529d2b1ffdc8719d3273463001e0daf411eaf1916865d9db62c0ed2", 77.918),
         _timm("resnet50", "a1_in1k", "773525d5821de224f8f30c33377b7a795d7863e08522698200d3217d3f2a41bb", 81.214),
