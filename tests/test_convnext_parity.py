@@ -117,6 +117,7 @@ def test_parameter_count_matches_timm(reference):
     assert set(variables) == {"params"}
 
 
+@pytest.mark.slow  # make test is near its 25-minute budget: in make test-slow
 def test_drop_path_follows_the_dropout_stream(default_ref):
     """Unfrozen, stochastic depth draws from "dropout": seeds differ, a seed repeats; the
     first block's rate is 0 (rates rise linearly from 0), so stage 0 is the eval one."""
@@ -156,6 +157,7 @@ def test_headless_port_keeps_the_head_norm(default_ref):
     assert create_model(arch, None).num_features == 128
 
 
+@pytest.mark.slow  # make test is near its 25-minute budget: in make test-slow
 def test_bfloat16_runs_close_to_float32(default_ref):
     arch, _, variables, ref = default_ref
     logits, feats = _apply(arch, variables, ref["x64"], options={"dtype": jnp.bfloat16}, return_features=True)

@@ -128,6 +128,7 @@ def test_parameter_count_matches_timm(reference):
     assert set(variables) == {"params"}
 
 
+@pytest.mark.slow  # make test is near its 25-minute budget: in make test-slow
 def test_drop_path_follows_the_dropout_stream(default_ref):
     """Unfrozen, stochastic depth draws from "dropout": seeds differ, a seed repeats; stage 0's
     single block has rate 0 (rates rise linearly from 0), so its output is the eval one."""
@@ -165,6 +166,7 @@ def test_headless_port(default_ref):
     assert create_model(arch, None).num_features == 192
 
 
+@pytest.mark.slow  # make test is near its 25-minute budget: in make test-slow
 def test_bfloat16_runs_close_to_float32(default_ref):
     arch, _, variables, ref = default_ref
     logits, feats = _apply(arch, variables, ref["x224"], options={"dtype": jnp.bfloat16}, return_features=True)

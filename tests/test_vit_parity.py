@@ -135,6 +135,7 @@ def test_distilled_headless_port(default_refs):
     assert _rel_err(pooled, ref["features224"]) <= 1e-4
 
 
+@pytest.mark.slow  # make test is near its 25-minute budget: in make test-slow
 def test_bfloat16_runs_close_to_float32(default_refs):
     arch, _, variables, ref = default_refs["vit_test_tiny_d2"]
     logits, feats = _apply(arch, variables, ref["x224"], options={"dtype": jnp.bfloat16},
