@@ -48,6 +48,13 @@ def run_reference_script(python: str, script: str, *args) -> None:
                    env={**os.environ, "OMP_NUM_THREADS": "2"})
 
 
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b|, in float64: how the parity tests compare jtl with a reference."""
+    import numpy as np
+
+    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
+
+
 def run_torch_reference(tmp_path, arch, **kw):
     """Run tests/torch_reference.py; returns (pth path, npz dict)."""
     import numpy as np

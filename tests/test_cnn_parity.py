@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import SYSTEM_PYTHON, run_reference_script
+from conftest import SYSTEM_PYTHON, rel_err, run_reference_script
 from jtl.errors import WeightsError
 from jtl.models import create_model
 from jtl.models import densenet, mobilenet, vgg  # noqa: F401 - registers the families
@@ -77,10 +77,6 @@ def reference(request, tmp_path_factory, torchvision_python):
     return arch, port_torchvision(pth, arch), lambda size: _torch_reference(arch, size, tmp_path_factory)[1], pth
 
 
-def _rel_err(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
-
-
 # 64-px runs (the default suite's) compile without LLVM optimisation: 2x faster to compile,
 # the same numbers (DenseNet-121's logits bit-identical); 224-px runs use XLA's defaults.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -110,9 +106,9 @@ def test_eval_logits_pooled_and_taps_match_torchvision(reference, size):
     ref = refs(size)
     logits, feats = _apply(arch, variables, ref[f"x{size}"])
     assert logits.shape == ref[f"eval{size}"].shape and logits.dtype == jnp.float32
-    assert _rel_err(logits, ref[f"eval{size}"]) <= 1e-4
+    assert rel_err(logits, ref[f"eval{size}"]) <= 1e-4
     assert feats["pooled"].dtype == jnp.float32 and feats["pooled"].shape == (2, POOLED.get(arch, 4096))
-    assert _rel_err(feats["pooled"], ref[f"pooled{size}"]) <= 1e-4
+    assert rel_err(feats["pooled"], ref[f"pooled{size}"]) <= 1e-4
     taps = ALEXNET_TAPS[size] if arch == "alexnet" else [(n, size // s, c) for n, s, c in TAPS[arch]]
     assert {k: v.shape for k, v in feats.items()} == {n: (2, h, h, c) for n, h, c in taps} | {
         "pooled": feats["pooled"].shape}
@@ -139,7 +135,7 @@ def test_train_mode_and_running_stats_match_in_float64(reference, size):
         x64 = jnp.asarray(ref[f"x{size}"], jnp.float64)
         (logits, _), new = _apply(arch, v64, x64, train=True, dtype=jnp.float64, **options)
         assert logits.dtype == jnp.float64
-        assert _rel_err(logits, ref[f"train64_{size}"]) <= 1e-9
+        assert rel_err(logits, ref[f"train64_{size}"]) <= 1e-9
         got, want = _flat_stats(new.get("batch_stats", {}), arch), _ref_stats(ref, f"stats64_{size}")
         assert got.keys() == want.keys() and want
         for k in want:
@@ -154,10 +150,10 @@ def test_train_mode_float32_matches(reference):
     ref = refs(224)
     options = {} if arch == "densenet121" else {"dropout": 0.0}
     (logits, _), new = _apply(arch, variables, ref["x224"], train=True, **options)
-    assert _rel_err(logits, ref["train224"]) <= 1e-4
+    assert rel_err(logits, ref["train224"]) <= 1e-4
     got, want = _flat_stats(new["batch_stats"], arch), _ref_stats(ref, "stats224")
     assert got.keys() == want.keys()
-    assert max(_rel_err(got[k], want[k]) for k in want) <= 1e-4
+    assert max(rel_err(got[k], want[k]) for k in want) <= 1e-4
 
 
 @archs(ALL, fast={"alexnet"})
@@ -168,7 +164,7 @@ def test_frozen_modules_are_deterministic_in_train_mode(reference):
     ref = refs(64)
     frozen = tuple(variables["params"])
     (logits, _), new = _apply(arch, variables, ref["x64"], train=True, frozen=frozen)
-    assert _rel_err(logits, ref["eval64"]) <= 1e-4
+    assert rel_err(logits, ref["eval64"]) <= 1e-4
     assert jax.tree.all(jax.tree.map(np.array_equal, new.get("batch_stats", {}), variables.get("batch_stats", {})))
 
 
@@ -193,10 +189,10 @@ def test_headless_backbone_and_bf16(reference):
     ref = refs(64)
     headless = {"params": {k: v for k, v in variables["params"].items() if k != "classifier_6"}}
     out, feats = _apply(arch, headless, ref["x64"], num_classes=None)
-    assert out.shape == (2, 4096) and _rel_err(out, ref["pooled64"]) <= 1e-4
+    assert out.shape == (2, 4096) and rel_err(out, ref["pooled64"]) <= 1e-4
     out16, feats16 = _apply(arch, headless, ref["x64"], num_classes=None, dtype=jnp.bfloat16)
     assert out16.dtype == feats16["pooled"].dtype == jnp.float32 and feats16["layer3"].dtype == jnp.bfloat16
-    assert _rel_err(out16, ref["pooled64"]) <= 0.05
+    assert rel_err(out16, ref["pooled64"]) <= 0.05
 
 
 @archs(["densenet121"])

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jtl.models.convnext as cx
-from conftest import run_reference_script
+from conftest import rel_err, run_reference_script
 from jtl.errors import WeightsError
 from jtl.models.backbones import FAMILIES, create_model, register_family
 from jtl.weights.port import port_state_dict
@@ -67,10 +67,6 @@ def reference(request, timm_python, tmp_path_factory, test_family):
     return _reference(timm_python, tmp_path_factory, request.param)
 
 
-def _rel_err(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
-
-
 # The default suite's model compiles without LLVM optimisation (about 4x faster to compile,
 # logits within 2e-7 of the optimised build); the real architectures use XLA's defaults.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -93,8 +89,8 @@ def test_eval_logits_and_pooled_features_match_timm(reference, which):
     size = CASES[arch][3][which]
     logits, feats = _apply(arch, variables, ref[f"x{size}"], return_features=True)
     assert logits.shape == ref[f"eval{size}"].shape and feats["pooled"].dtype == jnp.float32
-    assert _rel_err(logits, ref[f"eval{size}"]) <= 1e-4
-    assert _rel_err(feats["pooled"], ref[f"features{size}"]) <= 1e-4
+    assert rel_err(logits, ref[f"eval{size}"]) <= 1e-4
+    assert rel_err(feats["pooled"], ref[f"features{size}"]) <= 1e-4
     dims = create_model(arch, None).dims
     assert [k for k in feats if k != "pooled"] == ["stage0", "stage1", "stage2", "stage3"]
     assert [feats[f"stage{i}"].shape[-1] for i in range(4)] == list(dims)
@@ -108,7 +104,7 @@ def test_train_mode_logits_match_timm(reference):
     size = CASES[arch][3][0]
     out = _apply(arch, variables, ref[f"x{size}"], options={"drop_path_rate": 0.5, "frozen": TOP}, train=True,
                  rngs={"dropout": jax.random.key(0)})
-    assert _rel_err(out, ref[f"train{size}"]) <= 1e-4
+    assert rel_err(out, ref[f"train{size}"]) <= 1e-4
 
 
 def test_parameter_count_matches_timm(reference):
@@ -163,4 +159,4 @@ def test_bfloat16_runs_close_to_float32(default_ref):
     logits, feats = _apply(arch, variables, ref["x64"], options={"dtype": jnp.bfloat16}, return_features=True)
     assert logits.dtype == jnp.float32 and feats["pooled"].dtype == jnp.float32
     assert feats["stage3"].dtype == jnp.bfloat16
-    assert _rel_err(logits, ref["eval64"]) <= 5e-2
+    assert rel_err(logits, ref["eval64"]) <= 5e-2

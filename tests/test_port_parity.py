@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import run_torch_reference
+from conftest import rel_err, run_torch_reference
 from jtl.models import create_model
 from jtl.weights import port_torchvision
 
@@ -20,10 +20,6 @@ def reference(request, tmp_path_factory, torchvision_python):
     arch = request.param
     pth, ref = run_torch_reference(tmp_path_factory.mktemp(arch), arch, sizes=",".join(map(str, SIZES)))
     return arch, port_torchvision(pth, arch), ref
-
-
-def _rel_err(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
 
 
 def _stats(ref, prefix):
@@ -45,7 +41,7 @@ def test_eval_logits_match_torchvision(reference, size):
     arch, variables, ref = reference
     logits = create_model(arch, 1000).apply(variables, ref[f"x{size}"], train=False)
     assert logits.shape == ref[f"eval{size}"].shape
-    assert _rel_err(logits, ref[f"eval{size}"]) <= 1e-4
+    assert rel_err(logits, ref[f"eval{size}"]) <= 1e-4
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -57,7 +53,7 @@ def test_train_mode_outputs_and_running_stats_match_in_float64(reference, size):
         x = jnp.asarray(ref[f"x{size}"], jnp.float64)
         out, new = create_model(arch, 1000, dtype=jnp.float64).apply(v64, x, train=True, mutable=["batch_stats"])
         assert out.dtype == jnp.float64
-        assert _rel_err(out, ref[f"train64_{size}"]) <= 1e-9
+        assert rel_err(out, ref[f"train64_{size}"]) <= 1e-9
         got, want = _flat_stats(new["batch_stats"], arch), _stats(ref, f"stats64_{size}")
         assert got.keys() == want.keys()
         for k in want:
@@ -69,8 +65,8 @@ def test_train_mode_float32_matches(reference):
     through deep nets (float64 above is the exactness check), hence the looser bound."""
     arch, variables, ref = reference
     out, new = create_model(arch, 1000).apply(variables, ref["x224"], train=True, mutable=["batch_stats"])
-    assert _rel_err(out, ref["train224"]) <= 2e-3
+    assert rel_err(out, ref["train224"]) <= 2e-3
     got, want = _flat_stats(new["batch_stats"], arch), _stats(ref, "stats224")
     assert got.keys() == want.keys()
-    worst = max(_rel_err(got[k], want[k]) for k in want)
+    worst = max(rel_err(got[k], want[k]) for k in want)
     assert worst <= 2e-3

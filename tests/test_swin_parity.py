@@ -23,7 +23,7 @@ import pytest
 
 import jtl.models.swin as sw
 from jtl.weights.port import port_state_dict
-from conftest import run_reference_script
+from conftest import rel_err, run_reference_script
 from jtl.errors import ConfigError, WeightsError
 from jtl.models.backbones import FAMILIES, create_model, register_family
 
@@ -70,10 +70,6 @@ def reference(request, timm_python, tmp_path_factory, test_family):
     return _reference(timm_python, tmp_path_factory, request.param)
 
 
-def _rel_err(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
-
-
 # The default suite's model compiles without LLVM optimisation (about 4x faster to compile,
 # logits within 2e-7 of the optimised build); the real architectures use XLA's defaults.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -93,8 +89,8 @@ def _apply(arch, variables, x, num_classes=1000, options=(), **kw):
 def _check_eval(arch, variables, ref, size):
     logits, feats = _apply(arch, variables, ref[f"x{size}"], return_features=True)
     assert logits.shape == ref[f"eval{size}"].shape and feats["pooled"].dtype == jnp.float32
-    assert _rel_err(logits, ref[f"eval{size}"]) <= 1e-4
-    assert _rel_err(feats["pooled"], ref[f"features{size}"]) <= 1e-4
+    assert rel_err(logits, ref[f"eval{size}"]) <= 1e-4
+    assert rel_err(feats["pooled"], ref[f"features{size}"]) <= 1e-4
     model = create_model(arch, None)
     assert [k for k in feats if k != "pooled"] == ["stage0", "stage1", "stage2", "stage3"]
     assert [feats[f"stage{i}"].shape[1:] for i in range(4)] == [
@@ -119,7 +115,7 @@ def test_train_mode_logits_match_timm(reference):
     arch, _, variables, ref = reference
     out = _apply(arch, variables, ref["x224"], options={"drop_path_rate": 0.5, "frozen": TOP}, train=True,
                  rngs={"dropout": jax.random.key(0)})
-    assert _rel_err(out, ref["train224"]) <= 1e-4
+    assert rel_err(out, ref["train224"]) <= 1e-4
 
 
 def test_parameter_count_matches_timm(reference):
@@ -172,7 +168,7 @@ def test_bfloat16_runs_close_to_float32(default_ref):
     logits, feats = _apply(arch, variables, ref["x224"], options={"dtype": jnp.bfloat16}, return_features=True)
     assert logits.dtype == jnp.float32 and feats["pooled"].dtype == jnp.float32
     assert feats["stage3"].dtype == jnp.bfloat16
-    assert _rel_err(logits, ref["eval224"]) <= 5e-2
+    assert rel_err(logits, ref["eval224"]) <= 5e-2
 
 
 def test_sizes_that_are_not_whole_windows_are_refused(test_family):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jtl.models.vit as vit
-from conftest import run_reference_script
+from conftest import rel_err, run_reference_script
 from jtl.errors import ConfigError, WeightsError
 from jtl.models.backbones import FAMILIES, create_model, register_family
 from jtl.weights.port import port_state_dict
@@ -70,10 +70,6 @@ def reference(request, timm_python, tmp_path_factory, test_family):
     return _reference(timm_python, tmp_path_factory, request.param)
 
 
-def _rel_err(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
-
-
 @functools.lru_cache(maxsize=None)
 def _jitted(arch, num_classes, options):
     model = create_model(arch, num_classes, **dict(options))
@@ -95,18 +91,18 @@ def test_eval_logits_and_pooled_features_match_timm(reference, size):
         assert resized["params"]["pos_embed"].shape[1] == variables["params"]["pos_embed"].shape[1] - 196 + 49
     logits, feats = _apply(arch, resized, x, return_features=True)
     assert logits.shape == want.shape and feats["pooled"].dtype == jnp.float32
-    assert _rel_err(logits, want) <= 1e-4
-    assert _rel_err(feats["pooled"], want_feats) <= 1e-4
+    assert rel_err(logits, want) <= 1e-4
+    assert rel_err(feats["pooled"], want_feats) <= 1e-4
     depth = create_model(arch, None).depth  # (jit returns dicts with sorted keys: compare sets)
     assert set(feats) == {"pooled", *(f"blocks_{i}" for i in range(depth))}
     if size != 224:
-        assert _rel_err(_apply(arch, variables, x), want) <= 1e-4
+        assert rel_err(_apply(arch, variables, x), want) <= 1e-4
 
 
 def test_train_mode_logits_match_timm(reference):
     arch, _, variables, ref = reference
     out = _apply(arch, variables, ref["x224"], train=True, rngs={"dropout": jax.random.key(0)})
-    assert _rel_err(out, ref["train224"]) <= 1e-4
+    assert rel_err(out, ref["train224"]) <= 1e-4
 
 
 def test_parameter_count_matches_timm(reference):
@@ -132,7 +128,7 @@ def test_distilled_headless_port(default_refs):
     arch, sd, _, ref = default_refs["deit_test_tiny_distilled_d2"]
     variables = port_state_dict(sd, arch, include_head=False)  # the full state dict: both heads are dropped
     pooled = jax.jit(create_model(arch, None).apply)(variables, ref["x224"])
-    assert _rel_err(pooled, ref["features224"]) <= 1e-4
+    assert rel_err(pooled, ref["features224"]) <= 1e-4
 
 
 @pytest.mark.slow  # make test is near its 25-minute budget: in make test-slow
@@ -142,7 +138,7 @@ def test_bfloat16_runs_close_to_float32(default_refs):
                            return_features=True)
     assert logits.dtype == jnp.float32 and feats["pooled"].dtype == jnp.float32
     assert feats["blocks_1"].dtype == jnp.bfloat16
-    assert _rel_err(logits, ref["eval224"]) <= 2e-2  # measured 4e-3 here, 1e-2 on ViT-B
+    assert rel_err(logits, ref["eval224"]) <= 2e-2  # measured 4e-3 here, 1e-2 on ViT-B
 
 
 def test_dropout_and_drop_path_follow_the_dropout_stream_and_frozen(default_refs):
@@ -158,7 +154,7 @@ def test_dropout_and_drop_path_follow_the_dropout_stream_and_frozen(default_refs
     every = {"drop_rate": 0.5, "pos_drop_rate": 0.1, "attn_drop_rate": 0.1, "proj_drop_rate": 0.1}
     frozen = run(0, frozen=("pos_embed", "blocks_0", "blocks_1", "head"), **every)
     np.testing.assert_array_equal(frozen, _apply(arch, variables, x))
-    assert _rel_err(frozen, ref["eval112"]) <= 1e-4
+    assert rel_err(frozen, ref["eval112"]) <= 1e-4
 
 
 def test_sizes_that_are_not_patch_multiples_are_refused(test_family):
