@@ -15,11 +15,20 @@ unchanged; flags take 0/1): ``--random-biases 1`` draws every convolution/linear
 the parameter count as ``n_params``; ``--head NAME`` stores the eval-mode input of
 sub-module NAME (``auto``: the last Linear, the classifier) as ``pooled<size>``.
 ``--arch`` may list several architectures (``{arch}`` in ``--pth`` and ``--out``), which
-saves the torch start-up per architecture.
+saves the torch start-up per architecture. ``--kwargs JSON`` passes keyword arguments to
+the model constructor (``{"stochastic_depth_prob": 0}`` for EfficientNet); ``--set-attrs
+JSON`` sets attributes of the model after its state dict is saved and its parameters
+counted (``{"aux_logits": false, "AuxLogits": null}`` drops Inception-v3's auxiliary
+classifier from the forward passes, as torchvision's own builder does for
+``aux_logits=False``). A model whose train-mode output is a (logits, aux_logits) tuple
+(Inception-v3) also stores the auxiliary logits as ``aux<size>`` / ``aux64_<size>``.
+``--eval-modules A,B`` puts those sub-modules in eval mode during the train-mode passes
+(frozen parts: BatchNorm on running averages, statistics unchanged, no dropout).
 """
 
 import argparse
 import copy
+import json
 
 import numpy as np
 import torch
@@ -40,6 +49,9 @@ def main():
     p.add_argument("--modes", default="eval,train,train64")
     p.add_argument("--count-params", type=int, default=0)
     p.add_argument("--head", default=None)
+    p.add_argument("--kwargs", default="{}")
+    p.add_argument("--set-attrs", default="{}")
+    p.add_argument("--eval-modules", default="")
     a = p.parse_args()
     archs = a.arch.split(",")
     if len(archs) > 1 and not ("{arch}" in a.pth and "{arch}" in a.out):
@@ -51,7 +63,7 @@ def main():
 def reference(arch, a, pth, out_path):
     modes = set(a.modes.split(","))
     torch.manual_seed(a.seed)
-    model = getattr(torchvision.models, arch)(num_classes=a.num_classes)
+    model = getattr(torchvision.models, arch)(num_classes=a.num_classes, **json.loads(a.kwargs))
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -67,6 +79,8 @@ def reference(arch, a, pth, out_path):
     out = {}
     if a.count_params:
         out["n_params"] = np.array(sum(p.numel() for p in model.parameters()))
+    for name, value in json.loads(a.set_attrs).items():
+        setattr(model, name, value)
     head = a.head
     if head == "auto":  # the classifier: the last Linear
         head = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
@@ -83,21 +97,36 @@ def reference(arch, a, pth, out_path):
                 hook.remove()
                 out[f"pooled{size}"] = seen[0].numpy()
         if "train" in modes:
-            trained = copy.deepcopy(model).train()
+            trained = _train_mode(copy.deepcopy(model), a.eval_modules)
             with torch.no_grad():
-                out[f"train{size}"] = trained(x).numpy()
+                _store(out, trained(x), f"train{size}", f"aux{size}")
             for k, v in trained.state_dict().items():
                 if k.endswith("running_mean") or k.endswith("running_var"):
                     out[f"stats{size}/{k}"] = v.numpy()
         if "train64" in modes:
             # float64 train mode: exact semantics, free of float32 rounding chaos.
-            trained64 = copy.deepcopy(model).double().train()
+            trained64 = _train_mode(copy.deepcopy(model).double(), a.eval_modules)
             with torch.no_grad():
-                out[f"train64_{size}"] = trained64(x.double()).numpy()
+                _store(out, trained64(x.double()), f"train64_{size}", f"aux64_{size}")
             for k, v in trained64.state_dict().items():
                 if k.endswith("running_mean") or k.endswith("running_var"):
                     out[f"stats64_{size}/{k}"] = v.numpy()
     np.savez(out_path, **out)
+
+
+def _train_mode(model, eval_modules):
+    model.train()
+    for name in filter(None, eval_modules.split(",")):
+        model.get_submodule(name).eval()
+    return model
+
+
+def _store(out, y, key, aux_key):
+    """Train-mode output ``y``: logits, or Inception's (logits, aux_logits)."""
+    if isinstance(y, tuple):
+        y, aux = y
+        out[aux_key] = aux.numpy()
+    out[key] = y.numpy()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 transfer model every recipe trains (:mod:`jtl.models.transfer`)."""
 
 # Importing a family's module registers it (jtl.models.backbones).
-from jtl.models import convnext, densenet, mobilenet, resnet, swin, vgg, vit  # noqa: F401
+from jtl.models import convnext, densenet, efficientnet, inception, mobilenet, resnet, swin, vgg, vit  # noqa: F401
 from jtl.models.backbones import FAMILIES, Family, arch_names, create_model, family_of, register_family
 from jtl.models.layers import BatchNorm, Conv, Dense
 from jtl.models.resnet import BasicBlock, Bottleneck, ResNet

@@ -72,6 +72,7 @@ REGISTRY: dict[str, WeightSpec] = {
         _tv("vgg16", "tv_in1k", "vgg16-397923af.pth", "397923af", 71.592),
         _tv("vgg16_bn", "tv_in1k", "vgg16_bn-6c64b313.pth", "6c64b313", 73.360),
         _tv("alexnet", "tv_in1k", "alexnet-owt-7be5be79.pth", "7be5be79", 56.522),
+        _tv("inception_v3", "tv_in1k", "inception_v3_google-0cc3c7bd.pth", "0cc3c7bd", 77.294),
         _tv("densenet121", "tv_in1k", "densenet121-a639ec97.pth", "a639ec97", 74.434),
         _tv("mobilenet_v3_large", "tv_in1k", "mobilenet_v3_large-8738ca79.pth", "8738ca79", 74.042),
         _tv("mobilenet_v3_large", "tv2_in1k", "mobilenet_v3_large-5c1a4163.pth", "5c1a4163", 75.274),
