@@ -24,7 +24,11 @@ Cases: ``resnet18_64`` (batch 64), ``resnet18_128`` (32), ``resnet50_128`` (16),
 ``cifar8_32`` (the demo's ``cifar_resnet8``, 5 classes, 32 px, batch 128), ``dann_32``
 (jtl's DANN adaptation step, ``jtl.train.adapt``: 128 source + 128 target images in one
 forward pass of the ``TransferModel`` with jtl's defaults, a 256-d bottleneck and a
-1024-1024 discriminator behind gradient reversal; loss pieces ``ce`` + ``dann``).
+1024-1024 discriminator behind gradient reversal; loss pieces ``ce`` + ``dann``). Run only when
+named (``--cases vit_s16_224,convnext_t_224``, or ``--cases all``), being slow on a small CPU:
+``vit_s16_224`` (ViT-S/16, ``vit_small_patch16_224``, 224 px, batch 32) and ``convnext_t_224``
+(ConvNeXt-T, ``convnext_tiny``, 224 px, batch 16), both ``TransferModel``s of jtl's families against
+``jtl.bench.torch_vit_convnext`` (PyTorch's fused ``scaled_dot_product_attention`` for ViT).
 
 GPU mode (``--device gpu``, case ``resnet50_224_bf16``: ResNet-50, 224 px, batch 256)::
 
@@ -58,14 +62,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jtl.bench.cases import CASES, GPU_CASES  # noqa: E402
+from jtl.bench.cases import CASES, DEFAULT_CASES, GPU_CASES, ON_DEMAND  # noqa: E402
 from jtl.bench.timing import machine, matmul_peak  # noqa: E402
 from jtl.bench.torch_step import torch_version  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", default=None, help=f"CPU: {','.join(CASES)} (default: all); "
+    p.add_argument("--cases", default=None, help=f"CPU: {','.join(CASES)} (default: all but "
+                   f"{','.join(ON_DEMAND)}; 'all': every one); "
                    f"GPU: {','.join(GPU_CASES)} (default with --device gpu)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                    help="gpu: the mixed-precision cases (GPU_CASES) on jax's default backend")
@@ -84,6 +89,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.device == "gpu":
         return main_gpu(a)
+    names = list(DEFAULT_CASES) if not a.cases else list(CASES) if a.cases == "all" else a.cases.split(",")
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {','.join(unknown)}; known: {','.join(CASES)}")
     import jax
 
     from jtl.bench.compare import run_case
@@ -91,7 +100,7 @@ def main(argv=None):
     print(json.dumps({**machine(), "jax": jax.__version__, "torch": torch_version(),
                       "xla_flags": os.environ.get("XLA_FLAGS", "")}), flush=True)
     with tempfile.TemporaryDirectory() as cache_dir:
-        for name in (a.cases or ",".join(CASES)).split(","):
+        for name in names:
             # The peak is re-measured next to each case: the machine's load changes between cases.
             print(json.dumps(run_case(name, a.repeats or 7, a.steps or 3, matmul_peak(), cache_dir)), flush=True)
 

@@ -135,6 +135,47 @@ def test_torch_reference_models_have_jtl_parameter_counts(name, classes, size):
     assert t_shapes == j_shapes
 
 
+@pytest.mark.parametrize("case,count", [("vit_s16_224", 22_050_664), ("convnext_t_224", 28_589_128)])
+def test_torch_reference_vit_convnext_match_jtl(case, count):
+    """The 224 px ViT-S/16 and ConvNeXt-T cases: the PyTorch references (built on the meta
+    device: shapes only) have exactly the parameters of the ``TransferModel`` jtl's bench steps
+    (backbone + ``head``), layer by layer (sorted shapes; torch OIHW / (out, in) vs jtl HWIO / (in, out))."""
+    tm = _torch_ref_models()
+    import torch
+
+    from jtl.bench.cases import CASES
+    from jtl.models.transfer import TransferModel
+
+    c = CASES[case]
+    shapes = jax.eval_shape(TransferModel(c.arch, c.num_classes).init, jax.random.key(0),
+                            jnp.zeros((1, c.size, c.size, 3)))
+    assert set(shapes["params"]) == {"backbone", "head"} and not shapes.get("batch_stats")
+    with torch.device("meta"):
+        ref = tm.create_model(c.arch, c.num_classes)
+    assert tm.num_params(ref) == _count(shapes["params"]) == count
+    assert not list(ref.buffers())
+    t_shapes = sorted(tuple(sorted(p.shape)) for p in ref.parameters())
+    j_shapes = sorted(tuple(sorted(v.shape)) for v in jax.tree.leaves(shapes["params"]))
+    assert t_shapes == j_shapes
+
+
+def test_torch_reference_vit_convnext_run():
+    """The reference ViT and ConvNeXt on real (small) inputs: ``(logits, pooled)``, the logits the
+    head of the pooled feature (ViT's normed class token; ConvNeXt's normed average pool)."""
+    pytest.importorskip("torch")
+    import torch
+
+    from jtl.bench.torch_vit_convnext import ConvNeXt, VisionTransformer
+
+    torch.manual_seed(0)
+    for model in (VisionTransformer(embed_dim=32, depth=2, num_heads=2, num_classes=5, img_size=32),
+                  ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 16, 16, 32), num_classes=5)):
+        logits, pooled = model.eval()(torch.randn(2, 3, 32, 32))
+        assert logits.shape == (2, 5) and pooled.shape == (2, model.num_features)
+        torch.testing.assert_close(logits, model.head(pooled))
+        torch.testing.assert_close(pooled.mean(-1), torch.zeros(2), atol=1e-5, rtol=0)  # LayerNorm'd, bias 0
+
+
 def test_torch_reference_adaptation_model_parameter_count():
     tm = _torch_ref_models()
     from jtl.bench.cases import BOTTLENECK, CASES, DISC_HIDDEN

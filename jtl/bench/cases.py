@@ -28,7 +28,15 @@ CASES = {  # CPU, float32
     "resnet50_128": Case("resnet50", 1000, 128, 16),
     "cifar8_32": Case("cifar_resnet8", 5, 32, 128),
     "dann_32": Case("cifar_resnet8", 5, 32, 128, True),
+    # Beyond ResNet (run only when named: each takes minutes on 2 cores, see ON_DEMAND).
+    "vit_s16_224": Case("vit_small_patch16_224", 1000, 224, 32),
+    "convnext_t_224": Case("convnext_tiny", 1000, 224, 16),
 }
+# Cases that scripts/bench_train_step.py runs only when ``--cases`` names them (or ``--cases all``):
+# a 224 px ViT-S/16 or ConvNeXt-T step takes seconds, so with the PyTorch setting search and
+# the interleaved rounds each case takes several minutes on the 2-core development machine.
+ON_DEMAND = ("vit_s16_224", "convnext_t_224")
+DEFAULT_CASES = tuple(n for n in CASES if n not in ON_DEMAND)
 GPU_CASES = {
     # jtl compute_dtype bfloat16 (params float32) against PyTorch eager under torch.autocast(bfloat16),
     # channels-last.

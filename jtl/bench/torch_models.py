@@ -7,6 +7,8 @@ parameter shapes and counts; ``tests/test_perf_numerics.py`` compares the counts
   basic / bottleneck blocks with the stride on the 3x3 convolution, "v1.5").
 - ``cifar_resnet8``: He et al.'s CIFAR ResNet (3x3/1 stem of 16 channels, no pool,
   stages of 16/32/64 channels, one basic block each).
+- ``vit_small_patch16_224`` (ViT-S/16), ``convnext_tiny`` (ConvNeXt-T) and their siblings:
+  :mod:`jtl.bench.torch_vit_convnext`.
 - :class:`AdaptationModel`: ``jtl.models.transfer.TransferModel`` with a bottleneck and its DANN discriminator.
 
 This module imports torch (a dev extra): import it only where PyTorch runs.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from jtl.bench import torch_vit_convnext
 
 
 class BasicBlock(nn.Module):
@@ -110,8 +114,11 @@ ARCHS = {
 }
 
 
-def create_model(name: str, num_classes: int | None = 1000) -> ResNet:
-    return ResNet(num_classes=num_classes, **ARCHS[name])
+def create_model(name: str, num_classes: int | None = 1000) -> nn.Module:
+    """The reference model of architecture ``name``: ``forward(x) -> (logits, pooled)``, ``num_features``."""
+    if name in ARCHS:
+        return ResNet(num_classes=num_classes, **ARCHS[name])
+    return torch_vit_convnext.create_model(name, num_classes)
 
 
 class AdaptationModel(nn.Module):
