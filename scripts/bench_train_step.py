@@ -24,8 +24,8 @@ Cases: ``resnet18_64`` (batch 64), ``resnet18_128`` (32), ``resnet50_128`` (16),
 ``cifar8_32`` (the demo's ``cifar_resnet8``, 5 classes, 32 px, batch 128), ``dann_32``
 (jtl's DANN adaptation step, ``jtl.train.adapt``: 128 source + 128 target images in one
 forward pass of the ``TransferModel`` with jtl's defaults, a 256-d bottleneck and a
-1024-1024 discriminator behind gradient reversal; loss pieces ``ce`` + ``dann``). Run only when
-named (``--cases vit_s16_224,convnext_t_224``, or ``--cases all``), being slow on a small CPU:
+1024-1024 discriminator behind gradient reversal; loss pieces ``ce`` + ``dann``). Two more run
+only when named (``--cases vit_s16_224,convnext_t_224`` or ``--cases all``; slow on a small CPU):
 ``vit_s16_224`` (ViT-S/16, ``vit_small_patch16_224``, 224 px, batch 32) and ``convnext_t_224``
 (ConvNeXt-T, ``convnext_tiny``, 224 px, batch 16), both ``TransferModel``s of jtl's families against
 ``jtl.bench.torch_vit_convnext`` (PyTorch's fused ``scaled_dot_product_attention`` for ViT).
