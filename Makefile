@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.setup-stamp
-APT_PKGS := python3-torchvision dataset-fashion-mnist
+APT_PKGS := python3-torchvision dataset-fashion-mnist slurm-wlm munge
 # timm on Debian's torch, for the parity tests of the timm families (tests/conftest.py: timm_python).
 TIMM_VENV := .venv-timm
 TIMM_STAMP := $(TIMM_VENV)/.setup-stamp
