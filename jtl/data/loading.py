@@ -31,6 +31,10 @@ def load(name: str, split: str = "train", **options) -> Source:
         from jtl.data import catalog
 
         src = catalog.load(sp.base, name, split, seed, val_f, options)
+    elif sp.kind == "benchmark":
+        from jtl.data.benchmarks import store
+
+        src = store.load(sp, name, split, seed, val_f, test_f, options)
     elif sp.shifts:
         src = _shifted(sp, name, split, seed, val_f, test_f, options.get("backgrounds"))
     else:
@@ -57,6 +61,10 @@ def info(name: str, **options) -> Info:
     elif sp.kind == "folder":
         classes, _, _ = folder.scan(sp.base, options.get("on_error", "raise"))
         result = Info(name, classes, (None, None, 3), _folder_splits(*_fractions(sp, options)))
+    elif sp.kind == "benchmark":
+        from jtl.data.benchmarks import store
+
+        result = store.info(name, sp)
     else:
         from jtl.data import catalog
 
