@@ -5,7 +5,10 @@ Names
 ``jtl.data.load(name, split, **options)`` understands::
 
     name   := BASE [":" SHIFT ("+" SHIFT)* ["#" SEED]] | "folder:" PATH | "tfds:" TFDS_NAME
+            | BENCHMARK [":" DOMAIN]
     BASE   := fashion_mnist | digits
+    BENCHMARK := office31 | office_home | visda2017 | domainnet | pacs | mnist | usps | svhn
+            | mnistm | cifar10 | stl10 | cifar9 | stl9   (see :mod:`jtl.data.benchmarks`)
     SHIFT  := mnistm | invert | rotate[@DEG] | noise[@S] | blur[@S] | contrast[@S] | resize[@PX]
 
 e.g. ``fashion_mnist``, ``digits``, ``fashion_mnist:mnistm``, ``fashion_mnist:noise@3``,
@@ -26,6 +29,8 @@ Splits
 - ``folder:PATH``: ``train``/``val`` by ``val_fraction`` (0.2) and ``seed``; ``test``
   with ``test_fraction > 0``; ``all``.
 - ``tfds:NAME``: TFDS's split names; ``val`` is ``validation`` or carved by ``val_fraction``.
+- benchmarks (``office31:A``, ``domainnet:real``, ``mnist``, ...): the published splits, see
+  :mod:`jtl.data.benchmarks.store` and docs/data.md ("Benchmark datasets").
 
 All seeded partitions are stratified by class.
 
