@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     from jtl.results.cli import add_parser as add_collect  # noqa: PLC0415
 
     add_collect(sub)
+    from jtl.results.da_report import add_parser as add_da_results  # noqa: PLC0415
+
+    add_da_results(sub)
     from jtl.analysis.rank import add_parser as add_rank  # noqa: PLC0415
 
     add_rank(sub)

@@ -62,6 +62,10 @@ def defaults() -> ConfigDict:
     c.data.normalize = "dataset"  # "imagenet" for ported weights, "dataset", or "none"
     c.data.augment = ()  # e.g. ("flip", "crop", "jitter")
     c.data.val_fraction = 0.0  # carve a seeded, stratified "val" split out of "train"
+    c.data.test_fraction = 0.0  # and a "test" split (datasets without one: image folders, digits)
+    # Held-out splits never evaluated during training: only on request (`jtl eval --split LABEL`,
+    # `jtl da-results`' final evaluation); "LABEL=NAME:SPLIT" entries as in data.eval.
+    c.data.test = ()
     c.data.on_error = "raise"  # an unreadable image in a folder dataset: "raise" or "skip" (warn, drop it)
 
     c.optim = ConfigDict()
@@ -88,6 +92,9 @@ def defaults() -> ConfigDict:
     c.adapt = ConfigDict()
     c.adapt.target = ""  # dataset name of the unlabelled target domain, e.g. "fashion_mnist:mnistm"
     c.adapt.target_split = "train"
+    # The target's own held-out fractions (wherever it is loaded): 0 = every image of target_split is adapted on.
+    c.adapt.target_val_fraction = 0.0
+    c.adapt.target_test_fraction = 0.0
     c.adapt.bottleneck_dim = 256  # 0: classify the backbone's pooled features directly
     c.adapt.disc_hidden = 1024
     c.adapt.mcd_generator_steps = 4
@@ -277,22 +284,22 @@ def _coerce(name: str, old: Any, value: Any) -> Any:
     raise ConfigError(f"config key {name!r} must be {type(old).__name__}, got {type(value).__name__} {value!r}")
 
 
-def parse_eval(entries) -> dict[str, tuple[str, str]]:
-    """``data.eval`` as {label: (dataset name, split)}: ``"NAME:SPLIT"`` is labelled SPLIT,
-    ``"LABEL=NAME:SPLIT"`` LABEL; e.g. ``("test=fashion_mnist:test", "digits:val")``."""
+def parse_eval(entries, key: str = "data.eval") -> dict[str, tuple[str, str]]:
+    """``data.eval`` (or ``data.test``) as {label: (dataset name, split)}: ``"NAME:SPLIT"`` is labelled
+    SPLIT, ``"LABEL=NAME:SPLIT"`` LABEL; e.g. ``("test=fashion_mnist:test", "digits:val")``."""
     out = {}
     for entry in entries:
         if not isinstance(entry, str):
-            raise ConfigError(f"data.eval entry {entry!r} must be NAME:SPLIT or LABEL=NAME:SPLIT")
+            raise ConfigError(f"{key} entry {entry!r} must be NAME:SPLIT or LABEL=NAME:SPLIT")
         label, sep, spec = entry.partition("=")
         if not sep:
             label, spec = "", entry
         name, sep, split = spec.rpartition(":")
         if not sep or not name:
-            raise ConfigError(f"data.eval entry {entry!r} must be NAME:SPLIT or LABEL=NAME:SPLIT")
+            raise ConfigError(f"{key} entry {entry!r} must be NAME:SPLIT or LABEL=NAME:SPLIT")
         label = label or split
         if label in out:
-            raise ConfigError(f"two data.eval entries are labelled {label!r}; write LABEL=NAME:SPLIT")
+            raise ConfigError(f"two {key} entries are labelled {label!r}; write LABEL=NAME:SPLIT")
         out[label] = (name, split)
     return out
 
@@ -325,6 +332,13 @@ def validate(c: ConfigDict) -> None:
          f"optim.warmup_steps={c.optim.warmup_steps} must be >= 0 and less than total_steps={c.total_steps}")
     need(c.data.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {c.data.on_error!r}")
     labels = parse_eval(c.data.eval)
+    held_out = parse_eval(c.data.test, "data.test")
+    need(not set(labels) & set(held_out), f"data.test and data.eval both label a split "
+         f"{sorted(set(labels) & set(held_out))}; a split is evaluated during training or held out, not both")
+    for key, (val_f, test_f) in (("data", (c.data.val_fraction, c.data.test_fraction)),
+                                 ("adapt.target", (c.adapt.target_val_fraction, c.adapt.target_test_fraction))):
+        need(0 <= val_f < 1 and 0 <= test_f < 1 and val_f + test_f < 1,
+             f"{key} val_fraction={val_f} and test_fraction={test_f} must be in [0, 1) and sum to < 1")
     if c.best_metric:
         label, _, key = c.best_metric.rpartition("/")
         need(label in labels and key in EVAL_KEYS,

@@ -1,4 +1,4 @@
-"""``jtl data show NAME... --out grid.png`` and ``jtl data stats NAME...``.
+"""``jtl data show NAME[:SPLIT]... --out grid.png`` and ``jtl data stats NAME...``.
 
 ``add_parser(subparsers)`` registers ``data``; each sub-command stores its handler in
 ``args.handler`` (alias ``args.func``): ``handler(args) -> exit code``. Options reach :func:`jtl.data.load` as
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("data", help="look at datasets: sample grids and counts")
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="{show,stats}")
     show = sub.add_parser("show", help="draw a grid of samples, one row per domain")
-    show.add_argument("names", nargs="+", metavar="NAME", help="dataset names, e.g. fashion_mnist:mnistm")
+    show.add_argument("names", nargs="+", metavar="NAME[:SPLIT]",
+                      help="dataset names, each with its own split if given, e.g. fashion_mnist:mnistm:test")
     show.add_argument("--out", required=True, help="PNG file to write")
-    show.add_argument("--split", default="train")
+    show.add_argument("--split", default="train", help="the split of names given without one (default: train)")
     show.add_argument("--n", type=int, default=8, help="samples per row")
     show.add_argument("--seed", type=int, default=0, help="picks the samples and seeded splits")
     show.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE", help="load() option")
@@ -84,13 +86,35 @@ def _options(pairs: list[str], seed: int) -> dict:
     return out
 
 
+SPLIT_WORDS = ("train", "val", "test", "all")  # split names of built-in datasets and folders
+_SPLIT_SUFFIX = re.compile(r":([A-Za-z_]+(?:\[[^\]]*\])?)$")  # ":test", TFDS's ":train[:10%]"
+
+
+def name_and_split(text: str, default: str) -> tuple[str, str]:
+    """``NAME[:SPLIT]`` -> ``(NAME, SPLIT)``; ``(text, default)`` without a split. A last ``:WORD`` is a
+    split when the text before it is a dataset name and WORD is a split name (any TFDS split
+    expression for ``tfds:`` names), so ``fashion_mnist:mnistm`` stays a name and
+    ``fashion_mnist:mnistm:test``, ``folder:/data/x:test``, ``tfds:cifar10:train[:10%]`` carry splits."""
+    m = _SPLIT_SUFFIX.search(text)
+    if m is not None:
+        name, split = text[: m.start()], m.group(1)
+        try:
+            kind = spec_lib.parse(name).kind
+        except DataError:
+            kind = None
+        if kind is not None and (split in SPLIT_WORDS or kind == "tfds"):
+            return name, split
+    return text, default
+
+
 def _rows(names: list[str], split: str, n: int, seed: int, options: dict) -> list[tuple[str, object, np.ndarray]]:
     """(row title, source, positions): shifted datasets show the same underlying images as their source row."""
     rng = np.random.default_rng(seed)
     rows, chosen = [], {}
-    for name in names:
+    for text in names:
+        name, split_of_name = name_and_split(text, split)
         sp = spec_lib.parse(name)
-        src = loading.load(name, split, **options)
+        src = loading.load(name, split_of_name, **options)
         if sp.shifts:
             base = str(sp.source)
             if base not in chosen:
@@ -101,12 +125,13 @@ def _rows(names: list[str], split: str, n: int, seed: int, options: dict) -> lis
             pos = pos[(pos < len(src)) & (src.index[np.minimum(pos, len(src) - 1)] == chosen[base])]
         else:
             pos = np.sort(rng.choice(len(src), min(n, len(src)), replace=False))
-        rows.append((name, src, pos))
+        rows.append((text, src, pos))
     return rows
 
 
 def show(names: list[str], out: str, split: str = "train", n: int = 8, seed: int = 0, **options) -> Path:
-    """Draw ``n`` samples per domain (rows) to the PNG ``out``; returns its path."""
+    """Draw ``n`` samples per domain (rows; ``NAME[:SPLIT]``, ``split`` where none is given) to the
+    PNG ``out``; returns its path."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DataError(f"--n (samples per row) must be a positive integer, got {n!r}")
     import matplotlib

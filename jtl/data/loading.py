@@ -59,8 +59,13 @@ def info(name: str, **options) -> Info:
         shape = shifts_lib.output_shape(builders.base_shape(sp.base), sp.shifts)
         result = Info(name, builders.class_names(cls), shape, _builtin_splits(sp, *_fractions(sp, options)))
     elif sp.kind == "folder":
-        classes, _, _ = folder.scan(sp.base, options.get("on_error", "raise"))
-        result = Info(name, classes, (None, None, 3), _folder_splits(*_fractions(sp, options)))
+        dirs = folder.split_dirs(sp.base)
+        if dirs:  # a split folder: its directory names, no image opened
+            result = Info(name, folder.class_names(sp.base), (None, None, 3),
+                          _split_folder_splits(dirs, *_fractions(sp, options)))
+        else:
+            classes, _, _ = folder.scan(sp.base, options.get("on_error", "raise"))
+            result = Info(name, classes, (None, None, 3), _folder_splits(*_fractions(sp, options)))
     elif sp.kind == "benchmark":
         from jtl.data.benchmarks import store
 
@@ -87,6 +92,8 @@ def num_classes(name: str, **options) -> int:
 def _fractions(sp, options) -> tuple[float, float]:
     key = sp.kind if sp.kind == "folder" else sp.base
     val_d, test_d = DEFAULT_FRACTIONS.get(key, (0.0, 0.0))
+    if sp.kind == "folder" and folder.split_dirs(sp.base):
+        val_d = 0.0  # a split folder has its splits: nothing is held out unless asked
     val_f, test_f = float(options.get("val_fraction", val_d)), float(options.get("test_fraction", test_d))
     if not (0 <= val_f < 1 and 0 <= test_f < 1 and val_f + test_f < 1):
         raise DataError(f"{sp}: val_fraction={val_f} and test_fraction={test_f} must be >= 0 and sum to < 1")
@@ -105,7 +112,10 @@ def _folder_splits(val_f, test_f) -> tuple[str, ...]:
 
 def _pick(name, split, parts: dict[str, np.ndarray], available) -> np.ndarray:
     if split not in parts:
-        hint = "; pass val_fraction=0.1 to carve one from train" if split == "val" else ""
+        hint = {"val": "; pass val_fraction=0.1 to carve one from train",
+                "test": "; a folder: give it train/ and test/ directories, or pass test_fraction=0.2 "
+                        "(jtl train: --config.adapt.target_test_fraction for the target, "
+                        "--config.data.test_fraction for data.train)"}.get(split, "")
         raise DataError(f"{name}: no split {split!r} (available: {', '.join(available)}){hint}")
     return parts[split]
 
@@ -161,9 +171,34 @@ def _shifted(sp, name, split, seed, val_f, test_f, backgrounds) -> Source:
     return Source(name, split, meta, images, idx, labels[idx])
 
 
+def _split_folder_splits(dirs, val_f, test_f) -> tuple[str, ...]:
+    return ("train",) + (("val",) if "val" in dirs or val_f > 0 else ()) + (
+        ("test",) if "test" in dirs or test_f > 0 else ())
+
+
+def _split_folder(sp, name, split, seed, val_f, test_f, on_error, dirs) -> Source:
+    """A split of ``root/{train,val,test}/<class>/``: its own directory, scanned alone, or (``val``,
+    ``test`` without a directory) a stratified ``val_f`` / ``test_f`` carved out of ``train``."""
+    classes = folder.class_names(sp.base)
+    meta = Info(name, classes, (None, None, 3), _split_folder_splits(dirs, val_f, test_f))
+    if split not in meta.splits:
+        _pick(name, split, {}, meta.splits)
+    if split in dirs and split != "train":
+        _, files, labels = folder.scan(str(dirs[split]), on_error, classes)
+        return Source(name, split, meta, folder.Reader(files, on_error), np.arange(len(files)), labels)
+    _, files, labels = folder.scan(str(dirs["train"]), on_error, classes)
+    carve_val, carve_test = (0.0 if "val" in dirs else val_f), (0.0 if "test" in dirs else test_f)
+    train, val, test = splits.partition(labels, (1 - carve_val - carve_test, carve_val, carve_test), seed, tag=4)
+    idx = {"train": train, "val": val, "test": test}[split]
+    return Source(name, split, meta, folder.Reader(files, on_error), idx, labels[idx])
+
+
 def _folder(sp, name, split, seed, val_f, test_f, on_error) -> Source:
     if on_error not in ("raise", "skip"):
         raise DataError(f"{name}: on_error must be 'raise' or 'skip', got {on_error!r}")
+    dirs = folder.split_dirs(sp.base)
+    if dirs:
+        return _split_folder(sp, name, split, seed, val_f, test_f, on_error, dirs)
     classes, files, labels = folder.scan(sp.base, on_error)
     train, val, test = splits.partition(labels, (1 - val_f - test_f, val_f, test_f), seed, tag=4)
     parts = {"train": train, "all": np.arange(len(files))}

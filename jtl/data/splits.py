@@ -66,3 +66,25 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int, name: str) -> np.nd
         tiebreak[idx] = class_order[k]
     order = np.lexsort((tiebreak, rank))
     return np.sort(order[:n])
+
+
+def run_fractions(cfg, name: str) -> dict[str, float]:
+    """The held-out fractions run ``cfg`` loads dataset ``name`` with (:func:`jtl.data.load` options).
+
+    The adaptation target (``name == adapt.target``) has its own, ``adapt.target_val_fraction``
+    and ``adapt.target_test_fraction`` (default 0: every target image of the adapted split is
+    used), wherever it is loaded (adapted on or evaluated), so its partitions agree. Every other
+    dataset gets ``data.val_fraction`` / ``data.test_fraction`` where they are set, else its own
+    defaults (:mod:`jtl.data`).
+    """
+    if cfg.adapt.target and name == cfg.adapt.target:
+        out = {"val_fraction": float(cfg.adapt.target_val_fraction)}
+        if cfg.adapt.target_test_fraction:
+            out["test_fraction"] = float(cfg.adapt.target_test_fraction)
+        return out
+    out = {}
+    if cfg.data.val_fraction:
+        out["val_fraction"] = float(cfg.data.val_fraction)
+    if cfg.data.test_fraction:
+        out["test_fraction"] = float(cfg.data.test_fraction)
+    return out

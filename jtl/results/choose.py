@@ -50,13 +50,15 @@ def _load_predictions(run: Run, label: str, step) -> dict:
         raise DataError(f"{path} is unreadable ({type(e).__name__})") from None
 
 
-def run_scores(run: Run, methods: Sequence[str], metric: str, source_label: str = "source_val") -> dict[str, float]:
+def run_scores(run: Run, methods: Sequence[str], metric: str, source_label: str = "source_val",
+               target_label: str | None = None) -> dict[str, float]:
     """Selection scores of one finished run (cached on ``run.scores``; NaN where unavailable,
     with the reason in ``run.score_notes``).
 
     From the saved predictions at the final step (``predictions/<label>-<step>.npz``, written
     with ``save_predictions=True``): ``source_val`` = source validation accuracy, ``snd`` and
-    ``im`` on the target logits (the metric's label), ``dev`` with the first half of the
+    ``im`` on the target logits of ``target_label`` (default: the metric's label; an unlabelled
+    split such as ``target_select`` keeps the test images out of selection), ``dev`` with the first half of the
     source validation set fitting the density ratio and the second half validated. Without
     predictions, ``source_val`` falls back to ``summary["final"][source_label]["top1"]``.
     ``oracle`` is the run's ``metric`` itself (target labels).
@@ -64,7 +66,7 @@ def run_scores(run: Run, methods: Sequence[str], metric: str, source_label: str 
     from jtl import select as S  # noqa: PLC0415
 
     check_methods(methods)
-    target_label = metric.split("/", 1)[0]
+    target_label = target_label or metric.split("/", 1)[0]
     loaded: dict[str, dict] = {}  # each file read once per call, not kept afterwards
 
     def load(label: str) -> dict:

@@ -1,4 +1,4 @@
-"""The tables of ``scripts/da_results.py`` (docs/results.md): one row per adaptation method,
+"""The tables of ``jtl da-results`` (docs/results.md): one row per adaptation method,
 and per model-selection criterion the method it picks on each seed and its gain.
 
 Input: ``{method: [{"seed", "target", "source_val", "snd", "im", "dev", "wall", ...}, ...]}``,
@@ -44,9 +44,10 @@ def choose(by_method: dict[str, list[dict]], seed: int, criterion: str) -> str |
     return row.picked[0].key[0] if row.picked else None
 
 
-def method_table(by_method: dict[str, list[dict]]) -> list[str]:
+def method_table(by_method: dict[str, list[dict]], select_label: str = "") -> list[str]:
     """One row per method (controls marked): mean +- std over seeds of target accuracy
-    (oracle), the selection scores and the wall time of a run."""
+    (oracle), the selection scores (headed with ``select_label``, the split SND, IM and DEV's
+    target side used) and the wall time of a run."""
     rows = []
     for method, rs in by_method.items():
         s = _setting(method, rs)
@@ -55,8 +56,9 @@ def method_table(by_method: dict[str, list[dict]]) -> list[str]:
         scores = [format_pm(*mean_std([r.scores[c] for r in s.runs]), 100 if c == "source_val" else 1)
                   for c in CRITERIA]
         rows.append([label, format_pm(s.mean(), s.std(), 100), *scores, format_number(s.mean_wall(), digits=0)])
-    return markdown_table(["method", "target top-1 (oracle)", "source val", "SND", "IM", "DEV", "wall s"],
-                          "l" * 7, rows)
+    on = f" ({select_label})" if select_label else ""
+    return markdown_table(["method", "target top-1 (oracle)", "source val", f"SND{on}", f"IM{on}", f"DEV{on}",
+                           "wall s"], "l" * 7, rows)
 
 
 def selection_table(by_method: dict[str, list[dict]], seeds: list[int]) -> list[str]:

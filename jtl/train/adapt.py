@@ -26,6 +26,7 @@ from jtl.errors import ConfigError
 from jtl.models.backbones import num_features
 from jtl.models.transfer import LAYOUT_KEYS, TransferModel
 from jtl.optim import make_optimizer, make_schedule
+from jtl.data.splits import run_fractions
 from jtl.progress import phase
 from jtl.train.adapt_pieces import VIEWS  # (importing adapt_pieces registers the adaptation pieces)
 from jtl.train.pieces import Head, declared_heads, declared_phases, declared_views, get_piece
@@ -120,7 +121,7 @@ class AdaptationTask:
         # evaluation and analysis see the run's labels (a partial target is fine).
         with phase(f"loading {a.target}:{a.target_split}"):
             tgt = self.classes.align(jdata.load(a.target, a.target_split, seed=cfg.seed,
-                                                on_error=cfg.data.on_error))
+                                                on_error=cfg.data.on_error, **run_fractions(cfg, a.target)))
         with phase("normalisation statistics" if cfg.data.normalize == "dataset" else "input pipeline"):
             src_it = train_iterator(cfg, src, None if cfg.data.normalize == "none" else cfg.data.normalize)
         stats = (src_it.mean, src_it.std)  # the target is normalised like the source

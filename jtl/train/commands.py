@@ -22,7 +22,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--split", required=True, help="a data.eval label of the run, or NAME:SPLIT")
+    p.add_argument("--split", required=True, help="a data.eval or data.test label of the run, or NAME:SPLIT")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     _add_distributed(p)
     p.set_defaults(handler=cmd_eval)
@@ -67,16 +67,17 @@ def cmd_train(args) -> int:
 
 
 def _eval_source(run, spec: str):
-    """The dataset of ``--split``: a ``data.eval`` label of the run, or NAME:SPLIT."""
+    """The dataset of ``--split``: a ``data.eval`` or ``data.test`` label of the run, or NAME:SPLIT."""
     from jtl.train.tasks import load_source, parse_eval  # noqa: PLC0415
 
-    labels = parse_eval(run.cfg.data.eval)
+    labels = {**parse_eval(run.cfg.data.eval), **parse_eval(run.cfg.data.test, "data.test")}
     if spec in labels:
         name, split = labels[spec]
     else:
         name, sep, split = spec.rpartition(":")
         if not sep or not name:
-            raise JtlError(f"--split {spec!r} is neither a data.eval label ({', '.join(labels)}) nor NAME:SPLIT")
+            raise JtlError(f"--split {spec!r} is neither a data.eval/data.test label ({', '.join(labels)}) "
+                           "nor NAME:SPLIT")
     return load_source(run.cfg, name, split, budget=False, classes=run.classes)
 
 

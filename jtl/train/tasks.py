@@ -17,6 +17,7 @@ import numpy as np
 
 from jtl import data as jdata
 from jtl.data.classes import RunClasses
+from jtl.data.splits import run_fractions
 from jtl.config import parse_eval  # noqa: F401 - part of this module's interface
 from jtl.errors import ConfigError
 from jtl.models import family_of
@@ -32,9 +33,7 @@ def load_source(cfg, name: str, split: str, *, budget: bool, classes: RunClasses
     """A split of dataset ``name``: the training set (``data.classes`` and, with ``budget``,
     ``data.limit`` applied), or, given the run's ``classes``, any other set relabelled onto
     them by class name (:mod:`jtl.data.classes`)."""
-    opts = {"seed": cfg.seed, "on_error": cfg.data.on_error}
-    if cfg.data.val_fraction:
-        opts["val_fraction"] = cfg.data.val_fraction
+    opts = {"seed": cfg.seed, "on_error": cfg.data.on_error, **run_fractions(cfg, name)}
     if classes is not None:
         with phase(f"loading {name}:{split}"):
             return classes.align(jdata.load(name, split, **opts))
