@@ -83,7 +83,8 @@ def _image_lists(dataset: str, root: Path) -> None:
     _, domains = LISTS[dataset]
     for k, folder in enumerate(domains.values()):
         if dataset == "office31":
-            _write(root / f"image_list/{folder}.txt", _lines(root, f"{folder}/images", dataset, "", per_class, "jpg", k))
+            lines = _lines(root, f"{folder}/images", dataset, "", per_class, "jpg", k)
+            _write(root / f"image_list/{folder}.txt", lines)
         elif dataset == "office_home":
             _write(root / f"image_list/{folder}.txt", _lines(root, folder, dataset, "", per_class, "jpg", k))
         elif dataset == "visda2017":

@@ -50,7 +50,8 @@ def env(tmp_path, monkeypatch, server):
     monkeypatch.setenv("JTL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JTL_DATA_MIRROR", server.url)
     for name, bench in list(registry.BENCHMARKS.items()):
-        monkeypatch.setitem(registry.BENCHMARKS, name, dataclasses.replace(bench, remotes=_fake_sums(bench, server.root)))
+        faked = dataclasses.replace(bench, remotes=_fake_sums(bench, server.root))
+        monkeypatch.setitem(registry.BENCHMARKS, name, faked)
     server.requests.clear()
     return tmp_path / "data"
 
@@ -196,7 +197,8 @@ def test_offline_says_which_file_to_put_where(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="cannot reach") as e:
         D.load("office31:W", "train")
     assert f"put it at {dest}" in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(DataError, match=f"usps.bz2 is missing and download=False; .* put it at {tmp_path}/usps/usps.bz2"):
+    missing = f"usps.bz2 is missing and download=False; .* put it at {tmp_path}/usps/usps.bz2"
+    with pytest.raises(DataError, match=missing):
         D.load("usps", "train", download=False)
     line = one_line_error(run_jtl("data", "show", "pacs:sketch", "--out", tmp_path / "grid.png"), "cannot reach",
                           "image_list.zip")
@@ -286,3 +288,27 @@ def test_mirror_and_extract_are_all_or_nothing(tmp_path):
     with pytest.raises(DataError, match="not a readable archive"):
         download.extract(archive, tmp_path / "root", "office31")
     assert list((tmp_path / "root").iterdir()) == []
+
+
+@pytest.mark.parametrize("line, match", [
+    ("amazon/images/sofa/x.jpg 3", "is not '<class folder>/<image> <label>' with a published class"),
+    ("amazon/images/bike/0_000.jpg 0", "label 0 is 'bike' here but 'back_pack' before"),
+])
+def test_a_list_that_is_not_the_published_one_is_refused(tmp_path, monkeypatch, line, match):
+    monkeypatch.setenv("JTL_DATA_DIR", str(tmp_path))
+    root = fake.make_layout("office31", tmp_path)
+    listing = root / "image_list" / "amazon.txt"
+    listing.write_text(listing.read_text() + line + "\n")
+    with pytest.raises(DataError, match=match) as e:
+        D.load("office31:A", "train", download=False)
+    assert str(listing) in str(e.value) and "\n" not in str(e.value)
+    assert not [f for f in (tmp_path / "jtl_benchmark").rglob("*") if f.is_file()]  # nothing half-prepared
+
+
+def test_info_needs_no_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("JTL_DATA_DIR", str(tmp_path))
+    meta = D.info("domainnet:sketch", val_fraction=0.1)
+    assert (meta.num_classes, meta.image_shape, meta.splits) == (345, (None, None, 3), ("train", "test", "all", "val"))
+    assert meta.class_names[0] == "aircraft_carrier" and meta.class_names[-1] == "zigzag"
+    assert D.info("pacs:S").splits == ("train", "val", "test", "all") and D.num_classes("svhn") == 10
+    assert list(tmp_path.iterdir()) == []

@@ -53,7 +53,8 @@ def test_name_grammar():
     assert (sp.base, [str(s) for s in sp.shifts], sp.shift_seed) == ("fashion_mnist", ["mnistm", "noise@2"], 7)
     assert D.parse_name("folder:/a/b:c").base == "/a/b:c"
     assert D.parse_name("tfds:domainnet/real:2.0.0").base == "domainnet/real:2.0.0"
-    for bad in ("mnist", "fashion_mnist:noise@6", "fashion_mnist:wobble", "fashion_mnist:invert@2", "digits:blur#x"):
+    for bad in ("mnist:rotate@30", "kmnist", "fashion_mnist:noise@6", "fashion_mnist:wobble", "fashion_mnist:invert@2",
+                "digits:blur#x"):
         with pytest.raises(DataError):
             D.parse_name(bad)
 

@@ -69,7 +69,7 @@ def info(name: str, **options) -> Info:
     elif sp.kind == "benchmark":
         from jtl.data.benchmarks import store
 
-        result = store.info(name, sp)
+        result = store.info(name, sp, _fractions(sp, options)[0])
     else:
         from jtl.data import catalog
 

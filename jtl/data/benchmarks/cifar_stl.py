@@ -47,23 +47,23 @@ def _check_names(found, published, path) -> None:
         raise DataError(f"{path} lists classes {list(found)[:10]}, not the published {list(published)}")
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, key: str):
+    """``key`` of a pickled CIFAR batch (Python 2 pickles, read as latin-1: str keys, arrays intact)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # Python 2 pickles: str keys, numpy arrays intact
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, KeyError) as e:
+            return pickle.load(f, encoding="latin1")[key]
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"cannot read {path} ({type(e).__name__}); delete {path.parent} and run again") from None
 
 
 def _cifar(root: Path, _domain) -> Parts:
     base = root / CIFAR_DIR
-    meta = _unpickle(base / "batches.meta")
-    _check_names(meta["label_names"], CIFAR10_CLASSES, base / "batches.meta")
+    _check_names(_unpickle(base / "batches.meta", "label_names"), CIFAR10_CLASSES, base / "batches.meta")
 
     def batches(names):
-        parts = [_unpickle(base / n) for n in names]
-        data = np.concatenate([p["data"] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(data, np.uint8), np.concatenate([p["labels"] for p in parts]).astype(np.int32)
+        data = np.concatenate([_unpickle(base / n, "data") for n in names]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([_unpickle(base / n, "labels") for n in names]).astype(np.int32)
+        return np.ascontiguousarray(data.transpose(0, 2, 3, 1), np.uint8), labels
 
     return two_splits(batches([f"data_batch_{i}" for i in range(1, 6)]), batches(["test_batch"]))
 
@@ -79,7 +79,8 @@ def _stl(root: Path, _domain) -> Parts:
             y = np.fromfile(base / f"{name}_y.bin", np.uint8).astype(np.int32) - 1
             images = x.reshape(-1, 3, 96, 96).transpose(0, 3, 2, 1)  # column-major planes -> (N, H, W, C)
         except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {base}/{name}_X.bin ({type(e).__name__}); delete {base} and run again") from None
+            raise DataError(f"cannot read {base}/{name}_X.bin ({type(e).__name__}); "
+                            f"delete {base} and run again") from None
         if len(images) != len(y):
             raise DataError(f"{base}: {name}_X.bin has {len(images)} images but {name}_y.bin {len(y)} labels")
         return np.ascontiguousarray(images), y

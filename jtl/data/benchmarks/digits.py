@@ -49,7 +49,9 @@ MNIST_FILES = {  # torchvision/datasets/mnist.py
 USPS_URL = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass/"
 USPS_FILES = {"usps.bz2": "ec16c51db3855ca6c91edd34d0e9b197", "usps.t.bz2": "8ea070ee2aca1ac39742fdd1ef5ed118"}
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
-SVHN_FILES = {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"}
+SVHN_FILES = {
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+}
 MNISTM_URL = "https://drive.google.com/uc?export=download&id=0B_tExHiYS-0veklUZHFYT19KYjg"
 
 
@@ -115,8 +117,11 @@ def _mnistm(root: Path, _domain) -> Parts:
         if not listing.is_file():
             raise DataError(f"{listing} is missing; the layout is incomplete (delete {root} and run again)")
         rows = [line.split() for line in listing.read_text().splitlines() if line.strip()]
-        images = np.stack([decode_image(root / "mnist_m" / f"mnist_m_{name}" / f, 3) for f, _ in rows])
-        return images, np.asarray([int(y) for _, y in rows], np.int32)
+        images = [decode_image(root / "mnist_m" / f"mnist_m_{name}" / f, 3) for f, _ in rows]
+        odd = next((f for (f, _), im in zip(rows, images) if im.shape != (28, 28, 3)), None)
+        if odd is not None or not rows:
+            raise DataError(f"{listing}: {odd or 'no images'} is not a 28x28 MNIST-M image; restore the layout")
+        return np.stack(images), np.asarray([int(y) for _, y in rows], np.int32)
 
     return two_splits(split("train"), split("test"))
 
@@ -131,7 +136,8 @@ SVHN = Benchmark("svhn", CLASSES, ONE, lambda d: _files(SVHN_URL, SVHN_FILES),
                  (32, 32, 3), SPLITS, "Netzer et al. 2011")
 MNISTM = Benchmark(
     "mnistm", CLASSES, ONE,
-    lambda d: (Remote(MNISTM_URL, "mnist_m.tar.gz", ("mnist_m/mnist_m_train_labels.txt", "mnist_m/mnist_m_test_labels.txt"),
+    lambda d: (Remote(MNISTM_URL, "mnist_m.tar.gz",
+                      ("mnist_m/mnist_m_train_labels.txt", "mnist_m/mnist_m_test_labels.txt"),
                       note="the authors publish no checksum"),),
     _mnistm, (28, 28, 3), SPLITS, "Ganin & Lempitsky 2015",
 )

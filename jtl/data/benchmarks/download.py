@@ -102,7 +102,7 @@ def fetch(remote: Remote, dataset: str, dest: Path, *, download: bool = True, at
     part = dest.with_name(dest.name + ".part")
     for k, url in enumerate(urls):
         try:
-            _resume(url, part, attempts, timeout, remote.filename)
+            _resume(url, part, attempts, timeout, remote.filename, dataset)
             break
         except urllib.error.HTTPError as e:
             failure = f"{url} answered HTTP {e.code} {e.reason}"
@@ -115,7 +115,7 @@ def fetch(remote: Remote, dataset: str, dest: Path, *, download: bool = True, at
     return dest
 
 
-def _resume(url: str, part: Path, attempts: int, timeout: float, name: str) -> None:
+def _resume(url: str, part: Path, attempts: int, timeout: float, name: str, dataset: str) -> None:
     """Fetch ``url`` into ``part``, resuming after a dropped connection up to ``attempts`` times."""
     why = "connection closed early"
     for _ in range(attempts):
@@ -127,7 +127,8 @@ def _resume(url: str, part: Path, attempts: int, timeout: float, name: str) -> N
         except (http.client.HTTPException, ConnectionError, TimeoutError, OSError) as e:
             why = type(e).__name__
     have = part.stat().st_size if part.exists() else 0
-    raise DataError(f"download of {url} broke off at {have} bytes ({why}); run again to resume from {part}")
+    raise DataError(f"{dataset}: download of {url} broke off at {have} bytes ({why}); "
+                    f"run again to resume from {part}")
 
 
 def _transfer(url: str, part: Path, timeout: float, name: str) -> bool:

@@ -114,13 +114,11 @@ class EncodedImages:
             raise DataError(f"{self.name}: stored image {i}: {str(e).split(': ', 1)[-1]}") from None
 
 
-def info(name: str, sp) -> Info:
+def info(name: str, sp, val_f: float = 0.0) -> Info:
+    """Class names, image shape and splits, from the registry alone (no file read)."""
     bench = registry.stored(sp.base)
-    return Info(name, registry.class_names(sp.base), bench.image_shape or (None, None, 3), available(bench))
-
-
-def available(bench: base.Benchmark, val: bool = False) -> tuple[str, ...]:
-    return tuple(s for s in bench.splits if s != "val") + (("val",) if val or "val" in bench.splits else ())
+    splits_ = bench.splits + (("val",) if val_f > 0 and "val" not in bench.splits else ())
+    return Info(name, registry.class_names(sp.base), bench.image_shape or (None, None, 3), splits_)
 
 
 def load(sp, name: str, split: str, seed: int, val_f: float, test_f: float, options: dict) -> Source:
