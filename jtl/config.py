@@ -98,6 +98,12 @@ def defaults() -> ConfigDict:
     c.adapt.bottleneck_dim = 256  # 0: classify the backbone's pooled features directly
     c.adapt.disc_hidden = 1024
     c.adapt.mcd_generator_steps = 4
+    # Head switches (jtl.train.adapt_heads; TLlib's heads: docs/adaptation.md, "Against the papers and TLlib")
+    c.adapt.bottleneck = "bn_relu"  # or "bn_relu_dropout" (TLlib's MDD)
+    c.adapt.classifier = "linear"  # or "mlp" (TLlib's MDD heads), "mlp_bn" (TLlib's MCD heads)
+    c.adapt.classifier_width = 1024  # hidden width of the "mlp"/"mlp_bn" classifiers
+    c.adapt.disc_norm = "none"  # domain discriminator: "none", "batchnorm" or "dropout" (TLlib's two)
+    c.adapt.forward = "joint"  # or "separate": each domain in its own forward pass (BatchNorm per domain)
 
     # Weighted loss pieces sharing one forward pass, {name: weight} in order, e.g. {"ce": 1.0, "l2sp": 0.01}
     # (a file may also give (name, weight) pairs); --config.loss.NAME=W sets or adds one weight.
@@ -355,6 +361,9 @@ def validate(c: ConfigDict) -> None:
             node = node[k]
         need(node >= 0, f"{step_key} must be >= 0, got {node}")
     loss_mapping(c.loss)  # names and finite weights
+    from jtl.train.adapt_heads import check_switches  # noqa: PLC0415 - the switches' values live with the model
+
+    check_switches(c.adapt)
     for group in c.optim.groups:
         need(isinstance(group, tuple) and len(group) == 3, f"optim.groups entries are (name, regex, lr_mult), got {group!r}")
     need(0 <= c.optim.layer_decay <= 1, f"optim.layer_decay must be in (0, 1] (0 = off), got {c.optim.layer_decay}")

@@ -28,6 +28,7 @@ from jtl.models.transfer import LAYOUT_KEYS, TransferModel
 from jtl.optim import make_optimizer, make_schedule
 from jtl.data.splits import run_fractions
 from jtl.progress import phase
+from jtl.train.adapt_heads import AdaptationModel
 from jtl.train.adapt_pieces import VIEWS  # (importing adapt_pieces registers the adaptation pieces)
 from jtl.train.pieces import Head, declared_heads, declared_phases, declared_views, get_piece
 from jtl.train.state import TrainState, initial_state
@@ -50,21 +51,28 @@ def model_heads(cfg) -> tuple[tuple[str, Head, int], ...]:
 
 
 def build_model(cfg) -> TransferModel:
-    """backbone -> bottleneck (``adapt.bottleneck_dim``; 0: none) -> head, plus the declared heads."""
-    return transfer_model(cfg, bottleneck_dim=cfg.adapt.bottleneck_dim, heads=model_heads(cfg))
+    """backbone -> bottleneck (``adapt.bottleneck_dim``; 0: none) -> head, plus the declared heads,
+    each as the ``adapt.*`` head switches say (:mod:`jtl.train.adapt_heads`)."""
+    base = transfer_model(cfg, bottleneck_dim=cfg.adapt.bottleneck_dim, heads=model_heads(cfg))
+    return AdaptationModel.of(base, cfg.adapt)
 
 
-def apply_head(model: TransferModel, params, name: str, x):
-    """Extra head ``name`` of ``model`` on inputs ``x``, with ``params`` (those being trained)."""
-    return model.apply({"params": params}, name, x, method=TransferModel.apply_head)
+def apply_head(model: TransferModel, params, name: str, x, rng=None):
+    """Extra head ``name`` of ``model`` on inputs ``x``, with ``params`` (those being trained);
+    ``rng``: its dropout key (train mode), if it has dropout."""
+    return model.apply({"params": params}, name, x, method=TransferModel.apply_head, rngs=train_rngs(rng))
 
 
-def adaptation_forward(model: TransferModel, normalization: dict | None, views=(), uses_target: bool = True):
+def adaptation_forward(model: TransferModel, normalization: dict | None, views=(), uses_target: bool = True,
+                       separate: bool = False):
     """``forward(variables, batch, train, rng=None) -> (out, batch_stats)`` of an adaptation model,
     without data: one pass over ``[x_s; x_t; view_1(x_t); ...]`` (BatchNorm statistics over all of
     them), ``out`` = ``logits``, ``logits_t``, ``f_s``, ``f_t``, ``logits_t_<view>`` and
     ``features``; a batch without ``image_t`` is evaluated on one domain. ``views`` name
-    :data:`jtl.train.adapt_pieces.VIEWS`; without ``uses_target`` the target never enters."""
+    :data:`jtl.train.adapt_pieces.VIEWS`; without ``uses_target`` the target never enters.
+    ``separate`` (``adapt.forward="separate"``, TLlib's DAN and FixMatch): in train mode each of
+    those parts is its own pass, in that order, so BatchNorm normalises each domain with its own
+    statistics and updates its running averages once per part."""
 
     def forward(variables, batch, train: bool, rng=None):
         if "image_t" not in batch:  # evaluation on one domain
@@ -77,7 +85,9 @@ def adaptation_forward(model: TransferModel, normalization: dict | None, views=(
             xt = xt[:0]
         parts = [xs, xt] + [VIEWS[v](xt, jax.random.fold_in(rng, i + 1)) for i, v in enumerate(views)]
         x = jnp.concatenate(parts)
-        if train:
+        if train and separate:
+            (logits, feats), stats = _separate_passes(model, variables, [p for p in parts if p.shape[0]], rng)
+        elif train:
             (logits, feats), upd = model.apply(variables, x, train=True, return_features=True, mutable=["batch_stats"],
                                                rngs=train_rngs(rng))
             stats = upd.get("batch_stats", variables["batch_stats"])
@@ -93,6 +103,20 @@ def adaptation_forward(model: TransferModel, normalization: dict | None, views=(
         return out, stats
 
     return forward
+
+
+def _separate_passes(model, variables, parts, rng):
+    """Train-mode passes over ``parts`` one after another, threading the BatchNorm statistics;
+    ``(logits, {"pooled"})`` concatenated in order, and the final statistics."""
+    stats, logits, pooled = variables["batch_stats"], [], []
+    for i, x in enumerate(parts):
+        key = None if rng is None else jax.random.fold_in(rng, 1000 + i)
+        (lg, feats), upd = model.apply({**variables, "batch_stats": stats}, x, train=True, return_features=True,
+                                       mutable=["batch_stats"], rngs=train_rngs(key))
+        stats = upd.get("batch_stats", stats)
+        logits.append(lg)
+        pooled.append(feats["pooled"])
+    return (jnp.concatenate(logits), {"pooled": jnp.concatenate(pooled)}), stats
 
 
 # ---------------------------------------------------------------------------------- the task
@@ -146,12 +170,12 @@ class AdaptationTask:
         return [make_optimizer(_only(cfg, ph.trainable), params) for ph in self.phases]
 
     # -- forward -----------------------------------------------------------------------------
-    def apply_head(self, params, name, x):
-        return apply_head(self.model, params, name, x)
+    def apply_head(self, params, name, x, rng=None):
+        return apply_head(self.model, params, name, x, rng)
 
     def forward(self, variables, batch, train: bool, rng=None):
-        return adaptation_forward(self.model, self.normalization, self.views, self.uses_target)(
-            variables, batch, train, rng)
+        return adaptation_forward(self.model, self.normalization, self.views, self.uses_target,
+                                  self.cfg.adapt.forward == "separate")(variables, batch, train, rng)
 
     @staticmethod
     def prepare(batch: dict) -> dict:

@@ -205,10 +205,21 @@ def fixmatch_piece(ctx: Context, *, threshold: float = 0.95):
     return loss, aux
 
 
+def second_classifier(ctx: Context):
+    """MCD's second classifier F2 on ``f_s`` and ``f_t``: one application to the batch the main
+    classifier sees (``[f_s; f_t]``, or ``f_s`` alone in a source-only step), made once per update and
+    shared by the pieces, as TLlib's ``y_2 = F2(g)`` (which matters once F2 has BatchNorm or dropout)."""
+    if "head2_s" not in ctx.out:
+        f, n = _both(ctx)
+        y = ctx.apply_head("head2", f)
+        ctx.out["head2_s"], ctx.out["head2_t"] = y[:n], y[n:]
+    return ctx.out["head2_s"], ctx.out["head2_t"]
+
+
 @register("ce2", heads={"head2": SECOND_CLASSIFIER}, needs_target=False)
 def ce2_piece(ctx: Context):
     """Source cross-entropy of MCD's second classifier."""
-    logits = ctx.apply_head("head2", ctx.out["f_s"])
+    logits, _ = second_classifier(ctx)
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, ctx.batch["label"]))
 
 
@@ -217,14 +228,14 @@ def mcd_piece(ctx: Context, *, balance_weight: float = 0.0):
     """MCD's classifier discrepancy on the target batch. ``balance_weight`` is read by
     :func:`mcd_phases` (it adds ``mcd_balance`` to steps A and B), not here."""
     del balance_weight
-    return L.mcd_discrepancy(ctx.out["logits_t"], ctx.apply_head("head2", ctx.out["f_t"]))
+    return L.mcd_discrepancy(ctx.out["logits_t"], second_classifier(ctx)[1])
 
 
 @register("mcd_balance", heads={"head2": SECOND_CLASSIFIER})
 def mcd_balance_piece(ctx: Context):
     """TLlib's MCD class-balance term on both classifiers' target predictions,
     ``class_balance(F1(f_t)) + class_balance(F2(f_t))``; see :func:`mcd_phases`."""
-    return class_balance(ctx.out["logits_t"]) + class_balance(ctx.apply_head("head2", ctx.out["f_t"]))
+    return class_balance(ctx.out["logits_t"]) + class_balance(second_classifier(ctx)[1])
 
 
 

@@ -10,6 +10,7 @@ would); the update uses the mean gradient.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -44,7 +45,8 @@ def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: d
                  head: str = r"^(?!backbone/)", apply_head=None):
     """``loss_fn(params, state, batch, rng) -> (total, (new_batch_stats, metrics))``.
 
-    ``apply_head(params, name, x)``, when the model has extra heads, lets pieces apply them.
+    ``apply_head(params, name, x, rng)``, when the model has extra heads, lets pieces apply them
+    (``rng``: a fresh dropout key per application).
     """
     pieces = [(name, w if isinstance(w, jax.Array) else float(w), get_piece(name), dict(options.get(name, {})))
               for name, w in loss]
@@ -58,7 +60,10 @@ def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: d
             anchor = state.anchor
             teacher, _ = forward({"params": anchor["params"], "batch_stats": anchor["batch_stats"]}, batch, False)
             teacher = jax.lax.stop_gradient(teacher)
-        heads = (lambda name, x: apply_head(params, name, x)) if apply_head is not None else None
+        heads = None
+        if apply_head is not None:  # each application draws its own dropout key (heads with dropout)
+            head_key, calls = jax.random.fold_in(piece_key, 1 << 20), itertools.count()
+            heads = lambda name, x: apply_head(params, name, x, jax.random.fold_in(head_key, next(calls)))  # noqa: E731
         ctx = Context(params, state.anchor, batch, out, teacher, state.step / total_steps, piece_key, head, heads)
         metrics, total = {}, 0.0
         for name, w, piece, opts in pieces:
