@@ -215,6 +215,23 @@ def test_offline_says_which_file_to_put_where(tmp_path, monkeypatch):
     assert str(tmp_path / "downloads" / "pacs") in line
 
 
+def test_files_put_where_the_offline_line_says_are_used(tmp_path, monkeypatch, server):
+    """Offline, each error names one file and a path; putting the published file there is enough."""
+    monkeypatch.setenv("JTL_DATA_DIR", str(tmp_path))
+    placed = []
+    for _ in range(4):
+        try:
+            src = D.load("office31:W", "all", download=False)
+            break
+        except DataError as e:
+            target = Path(str(e).rsplit("put it at ", 1)[1])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((server.root / "office31" / target.name).read_bytes())
+            placed.append(target.relative_to(tmp_path).as_posix())
+    assert placed == ["downloads/office31/image_list.zip", "downloads/office31/webcam.tgz"]
+    assert len(src) == fake.expected("office31")["W"]["splits"]["all"]
+
+
 def test_web_page_instead_of_archive_is_refused(env, server):
     server.content_type["/mnistm/mnist_m.tar.gz"] = "text/html; charset=utf-8"
     try:
