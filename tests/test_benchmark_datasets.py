@@ -339,3 +339,5 @@ def test_info_needs_no_files(tmp_path, monkeypatch):
     assert meta.class_names[0] == "aircraft_carrier" and meta.class_names[-1] == "zigzag"
     assert D.info("pacs:S").splits == ("train", "val", "test", "all") and D.num_classes("svhn") == 10
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError, match="set JTL_DATA_DIR instead of passing data_dir"):
+        D.load("mnist", "train", data_dir=str(tmp_path))

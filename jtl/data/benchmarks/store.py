@@ -123,6 +123,9 @@ def info(name: str, sp, val_f: float = 0.0) -> Info:
 
 def load(sp, name: str, split: str, seed: int, val_f: float, test_f: float, options: dict) -> Source:
     """The ``split`` of benchmark ``sp`` (prepared on first use)."""
+    if options.get("data_dir"):
+        raise DataError(f"{name}: benchmarks live under $JTL_DATA_DIR (now {builders.data_dir()}); "
+                        "set JTL_DATA_DIR instead of passing data_dir")
     bench = registry.stored(sp.base)
     builder = builders.prepared(Prepared, config(bench.name, sp.domain, bool(options.get("download", True))))
     labels = np.asarray(builder.info.metadata["labels"], np.int32)
