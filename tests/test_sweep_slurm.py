@@ -6,6 +6,8 @@ cancelled mid-training and resumed by a rerun of the sweep. Bad input (unknown p
 no sbatch, no submitit) is one line, exit 2, nothing submitted and nothing written.
 """
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -19,7 +21,7 @@ import pytest
 import slurm_cluster
 from train_helpers import one_line_error, run_jtl
 
-from jtl.sweep.runner import run_sweep
+from jtl.sweep.runner import expand
 
 SWEEP = '''
 import sys
@@ -83,23 +85,29 @@ def _numbers(workdir: Path) -> tuple[list[dict], dict]:
     return rows, json.loads((workdir / "summary.json").read_text())["final"]
 
 
-def _table(sweep_dir: Path) -> str:
-    rc, out, err = run_jtl("collect", sweep_dir)
+def _table(sweep_dir: Path) -> list[list[str]]:
+    """``jtl collect``'s table (csv) without its wall-time column."""
+    rc, out, err = run_jtl("collect", sweep_dir, "--format", "csv")
     assert rc == 0, err
-    return out.replace(str(sweep_dir), "SWEEP")
+    rows = list(csv.reader(io.StringIO(out)))
+    keep = [i for i, h in enumerate(rows[0]) if "wall" not in h]
+    assert len(keep) < len(rows[0]) and len(rows) > 4, out  # the header, a row per setting, the selections
+    return [[row[i] for i in keep] for row in rows]
 
 
 def test_slurm_sweep_equals_local_and_resumes_a_cancelled_job(slurm_env, sweep_file, tmp_path, monkeypatch):
     for k, v in slurm_env.items():
         monkeypatch.setenv(k, v)
-    local = run_sweep(sweep_file, tmp_path / "local", log=lambda *_: None)
-    assert [r.status for r in local] == ["done"] * 4
-
     out = tmp_path / "slurm"
     rc, log, err = run_jtl("sweep", "--config", sweep_file, "--workdir", out, "--launcher", "slurm")
     assert rc == 0 and "4 to submit as 2 jobs" in log, log + err
+    # The reference: the same sweep trained here, while the jobs run.
+    local_log = open(tmp_path / "local.log", "w")  # noqa: SIM115 - closed by the child's end
+    local = subprocess.Popen([sys.executable, "-m", "jtl.cli", "sweep", "--config", sweep_file, "--workdir",
+                              tmp_path / "local"], stdout=local_log, stderr=subprocess.STDOUT)
+    runs = expand(sweep_file, tmp_path / "local")
     jobs = json.loads((out / "sweep.json").read_text())["jobs"]
-    slow = [r.name for r in local if r.cfg.total_steps == 40]
+    slow = [r.name for r in runs if r.cfg.total_steps == 40]
     first_job = jobs[slow[0]]
     assert len(set(jobs.values())) == 2 and jobs[slow[1]] == first_job
 
@@ -121,7 +129,9 @@ def test_slurm_sweep_equals_local_and_resumes_a_cancelled_job(slurm_env, sweep_f
     assert jobs_after[slow[0]] != first_job and {n: jobs_after[n] for n in jobs if n not in slow} == \
         {n: jobs[n] for n in jobs if n not in slow}
 
-    for r in local:
+    assert local.wait(timeout=900) == 0, (tmp_path / "local.log").read_text()[-3000:]
+    local_log.close()
+    for r in runs:
         summary = json.loads((out / r.name / "summary.json").read_text())
         if r.name in slow:  # resumed from a checkpoint of the cancelled job, not restarted
             assert 1 <= summary["resumed_from"] < 40, summary["resumed_from"]
