@@ -21,7 +21,7 @@ grammar such as ``NAME := ...``) is not:
 Short form. Each documented file runs in its own temporary directory (the cwd),
 its commands in document order, with ``configs`` linked to the repository's and:
 
-- ``jtl train`` / ``jtl sweep`` get :data:`SHORT` appended (2 steps, no warm-up,
+- ``jtl train`` / ``jtl sweep`` / ``jtl da-results`` get :data:`SHORT` appended (2 steps, no warm-up,
   no intermediate eval/checkpoint, no progress bar); a sweep applies them to every
   member (``jtl sweep`` takes ``--config.KEY=VALUE`` like ``jtl train``). The batch
   size is NOT shrunk: a documented ``data.limit`` smaller than the batch must fail
@@ -109,6 +109,15 @@ SLOW = {
         "adaptation on 28 px MNIST-M-style data: with the next, about 2.5 min (docs/adaptation.md's are the same)",
     "jtl train --config configs/da_fmnist_mnistm.py:cdan,init=runs/mnistm/source_only --workdir runs/mnistm/cdan":
         "the CDAN program (with the previous, about 2.5 min)",
+    "jtl train --config configs/da_folder.py:source_only,source=/data/photos,target=/data/sketches "
+    "--workdir runs/own1/source_only": "your own domains: with the next two, two adaptation programs (about 2 min)",
+    "jtl train --config configs/da_folder.py:dann,source=/data/photos,target=/data/sketches,"
+    "init=runs/own1/source_only --workdir runs/own1/dann": "the DANN program of your own domains",
+    "jtl eval --workdir runs/own1/dann --split target_test": "reads that DANN run",
+    "jtl da-results --config configs/da_folder.py:source=/data/photos,target=/data/sketches --methods "
+    "source_only,dann,mcc --seeds 0,1 --workdir runs/own --out runs/own/results.md":
+        "4 vectorized programs (source_only, dann, mcc, the dann_weight0 control) of 2 seeds and 8 final "
+        "evaluations: 3-10 min (tests/test_own_domains.py runs the same study, slow too)",
 }
 
 # Directories that commands read but no documented command makes: built from a run that one does.
@@ -312,6 +321,8 @@ class Runner:
         """Make what ``argv`` reads; returns argv with absolute image-folder paths moved into ``ws``."""
         sub = argv[0]
         argv = [_FOLDER.sub(lambda m: m.group(1) + _image_folder(ws, m.group(2)), w) for w in argv]
+        argv = [_DA_FOLDER.sub(lambda m: m.group(1) + _image_folder(ws, m.group(2)), w)
+                if "configs/da_folder.py:" in w else w for w in argv]
         for w in argv:
             for m in re.finditer(r"(?:^--config\.model\.init=|[:,]init=)([^,\s]+)", w):
                 self.need_run(ws, m.group(1), stack)
@@ -341,7 +352,7 @@ class Runner:
         if "--config" in argv and argv[argv.index("--config") + 1] == "...":
             assert previous_config, f"{cmd}: '--config ...' but no earlier command of the page has a --config"
             argv[argv.index("--config") + 1] = previous_config
-        if argv and argv[0] in ("train", "sweep"):
+        if argv and argv[0] in ("train", "sweep", "da-results"):
             argv += SHORT
         return argv
 
@@ -435,15 +446,23 @@ def _image(path: Path, size: int = 28, seed: int = 0):
 
 # folder:PATH (a dataset name) and configs/folder.py:PATH[,RECIPE] (the folder quick start's config)
 _FOLDER = re.compile(r"((?:^|(?<=[=\s]))folder:|^(?:\S*/)?configs/folder\.py:)([^,:\s]+)")
+# configs/da_folder.py:...,source=PATH,target=PATH (README, "Your own domains")
+_DA_FOLDER = re.compile(r"((?<=[:,])(?:source|target)=)([^,:\s]+)")
+# Documented folders that are split folders PATH/{train,test}/<class>/ (the own-domains target)
+SPLIT_FOLDERS = {"/data/sketches"}
 
 
 def _image_folder(ws: Path, path: str, classes: int = 3, per_class: int = 16) -> str:
     """Make ``path/<class>/*.png`` (a tiny labelled folder of 8x8 images, the class in the brightness)
-    unless it exists; an absolute ``path`` is made inside ``ws``. Returns the path to use."""
+    unless it exists (a :data:`SPLIT_FOLDERS` path: ``path/train/`` and ``path/test/``, each such a
+    folder); an absolute ``path`` is made inside ``ws``. Returns the path to use."""
     import numpy as np
     from PIL import Image
 
     root = ws / path.lstrip("/")
+    if path in SPLIT_FOLDERS and not root.exists():
+        _image_folder(ws, f"{path}/train", classes, per_class)
+        _image_folder(ws, f"{path}/test", classes, per_class // 2)
     if not root.exists():
         rng = np.random.default_rng(0)
         for c in range(classes):

@@ -27,7 +27,8 @@ Splits
   50/50 by ``seed`` into ``train`` and ``test``; ``all`` is both; ``val`` with ``val_fraction``.
   No shifted image comes from the source's training split.
 - ``folder:PATH``: ``train``/``val`` by ``val_fraction`` (0.2) and ``seed``; ``test``
-  with ``test_fraction > 0``; ``all``.
+  with ``test_fraction > 0``; ``all``. A split folder ``PATH/{train,val,test}/<class>/``:
+  its directories, each read alone (``val``/``test`` without one carved from ``train``).
 - ``tfds:NAME``: TFDS's split names; ``val`` is ``validation`` or carved by ``val_fraction``.
 - benchmarks (``office31:A``, ``domainnet:real``, ``mnist``, ...): the published splits, see
   :mod:`jtl.data.benchmarks.store` and docs/data.md ("Benchmark datasets").

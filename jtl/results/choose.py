@@ -127,12 +127,13 @@ class SelectionRow(MeanStd):
 
 def select_settings(settings: Sequence[Setting], keys: Sequence[str], methods: Sequence[str], metric: str,
                     seed_key: str = "seed", source_label: str = "source_val",
-                    seeds: Sequence | None = None) -> list[SelectionRow]:
+                    seeds: Sequence | None = None, target_label: str | None = None) -> list[SelectionRow]:
     """For each method and each seed, the setting ``jtl.select.select`` picks among the
     settings that have a run of that seed; NaN scores (no predictions, a diverged run)
     never win, and a seed where no setting has a score is reported as unavailable.
     ``seeds``: the seeds to pick on, in this order (default: every seed, sorted); a seed
-    that no setting has is skipped."""
+    that no setting has is skipped. ``target_label``: the eval split SND, IM and DEV score
+    (default: the metric's; :func:`run_scores`)."""
     from jtl import select as S  # noqa: PLC0415
 
     check_methods(methods)
@@ -141,7 +142,7 @@ def select_settings(settings: Sequence[Setting], keys: Sequence[str], methods: S
     short = identifying_keys(settings, keys)
     for s in settings:  # every score of a run in one pass over its prediction files
         for run in s.runs:
-            run_scores(run, methods, metric, source_label)
+            run_scores(run, methods, metric, source_label, target_label)
     rows = []
     for m in methods:
         info = S.METHODS[m]

@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--select", default=",".join(DEFAULT_SELECT),
                    help="selection methods, comma separated, or 'none' (default: %(default)s)")
     p.add_argument("--source-label", default="source_val", help="eval label of the source validation split")
+    p.add_argument("--target-label", help="eval label whose predictions SND, IM and DEV score, e.g. target_select "
+                   "(the unlabelled target training images of configs/da_*.py; default: the metric's label)")
     p.add_argument("--format", choices=sorted(FORMATS), help="md, csv or tex (default: from --out, else md)")
     p.add_argument("--out", help="write the table to this file (default: print it)")
     p.add_argument("--plot", metavar="KEY", help="also plot the metric against this config key")
@@ -57,7 +59,7 @@ def cmd_collect(args) -> int:
         raise ConfigError("--plot-out needs --plot KEY (the config key on the x axis)")
     select = _split_list([args.select]) or []
     report = collect(args.dirs, metric=args.metric, group_by=_split_list(args.group_by), seed_key=args.seed_key,
-                     select=select, source_label=args.source_label)
+                     select=select, source_label=args.source_label, target_label=args.target_label)
     text = render(report, fmt)
     plot_path = None
     if args.plot:

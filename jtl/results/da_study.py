@@ -94,8 +94,7 @@ def train_all(study: Study) -> dict[str, dict[int, Path]]:
     for name in [m for m in study.methods if m != "source_only"] + study.controls:
         method, extra = CONTROLS[name] if name in CONTROLS else (name, ())
         runs[name] = _train(study, method, warmups, list(extra), name)
-    return {n: runs[n] for n in ["source_only"] + [m for m in runs if m != "source_only"]
-            if n in study.methods or n in study.controls}
+    return runs
 
 
 def score_runs(study: Study, runs: dict[str, dict[int, Path]]) -> dict[str, list[dict]]:

@@ -56,7 +56,7 @@ class Report:
 
 def collect(dirs: Sequence[str | os.PathLike], *, metric: str | None = None, group_by: Sequence[str] | None = None,
             seed_key: str = "seed", select: Sequence[str] = DEFAULT_SELECT,
-            source_label: str = "source_val") -> Report:
+            source_label: str = "source_val", target_label: str | None = None) -> Report:
     """Discover, group, aggregate and select: the :class:`Report` behind ``jtl collect``.
 
     ``group_by=None`` groups by :func:`default_group_keys`; ``[]`` puts every run in one
@@ -95,7 +95,8 @@ def collect(dirs: Sequence[str | os.PathLike], *, metric: str | None = None, gro
         if dup:
             notes.append(f"Setting {s.label(keys)} has several runs of {seed_key} {format_seeds(dup)}: "
                          "all are averaged, the first is used for selection.")
-    selection = select_settings(settings, keys, list(select), metric, seed_key, source_label) \
+    selection = select_settings(settings, keys, list(select), metric, seed_key, source_label,
+                                target_label=target_label) \
         if len(settings) > 1 and select else []
     return Report(metric, is_percent(metric), list(keys), settings, selection, finished, failed, missing,
                   tied, without, notes, seed_key)
