@@ -105,6 +105,27 @@ def defaults() -> ConfigDict:
     c.adapt.disc_norm = "none"  # domain discriminator: "none", "batchnorm" or "dropout" (TLlib's two)
     c.adapt.forward = "joint"  # or "separate": each domain in its own forward pass (BatchNorm per domain)
 
+    # Domain generalization (jtl.dg, DomainBed's protocol): train on dg.domains minus the held-out
+    # dg.test (indices), batch_size / D examples of each source domain per step.
+    c.dg = ConfigDict()
+    c.dg.domains = ()  # every domain of the benchmark (dataset names); empty: not a DG run
+    c.dg.names = ()  # their display names (eval labels val_<name>, test_<name>); default d0, d1, ...
+    c.dg.test = ()  # indices of the held-out domains, e.g. (5,)
+    c.dg.disjoint = True  # domains made from one base dataset keep disjoint base images (i % D)
+    c.dg.test_limit = 0  # evaluate at most this many (stratified) test images per held-out domain; 0 = all
+    c.dg.algorithm = ""  # the algorithm's name in results tables (configs set it)
+    c.dg.hparams_seed = 0  # the random-search draw this run belongs to (results tables group by it)
+    c.dg.reset_optimizer = True  # reset the optimizer state when an IRM / V-REx penalty weight jumps
+    c.dg.mixstyle = ()  # ResNet stages followed by MixStyle in training, e.g. ("layer1", "layer2")
+    c.dg.mixstyle_p = 0.5
+    c.dg.mixstyle_alpha = 0.1
+    c.dg.mixstyle_mode = "random"  # or "crossdomain"
+    c.dg.swad = False  # SWAD dense weight averaging (needs eval_every and save_predictions)
+    c.dg.swad_n_converge = 3
+    c.dg.swad_n_tolerance = 6
+    c.dg.swad_tolerance_ratio = 0.3
+    c.dg.swad_bn_batches = 20
+
     # Weighted loss pieces sharing one forward pass, {name: weight} in order, e.g. {"ce": 1.0, "l2sp": 0.01}
     # (a file may also give (name, weight) pairs); --config.loss.NAME=W sets or adds one weight.
     c.loss = loss_mapping({"ce": 1.0})

@@ -39,3 +39,30 @@ def method(name: str) -> dict[str, float]:
     if name not in METHODS:
         raise ConfigError(f"unknown adaptation method {name!r}; known: {', '.join(METHODS)}")
     return dict(METHODS[name])
+
+
+# Domain generalization (jtl.dg, runs with dg.domains): DomainBed's algorithms (Gulrajani &
+# Lopez-Paz 2021) with its default hyperparameters, each as loss pieces, their options, and
+# the config keys it switches on. Kept apart from METHODS: they need several source domains.
+DG_METHODS: dict[str, dict] = {
+    "erm": {"loss": {"ce": 1.0}},  # Vapnik 1998
+    "irm": {"loss": {"ce": 1.0, "irm": 1.0},  # Arjovsky et al. 2019; weight 1 until anneal_steps
+            "options": {"irm": {"weight": 100.0, "anneal_steps": 500}}},
+    "vrex": {"loss": {"ce": 1.0, "vrex": 1.0},  # Krueger et al. 2021; weight 1 until anneal_steps
+             "options": {"vrex": {"weight": 10.0, "anneal_steps": 500}}},
+    "groupdro": {"loss": {"groupdro": 1.0}, "options": {"groupdro": {"eta": 0.01}}},  # Sagawa et al. 2020
+    "coral": {"loss": {"ce": 1.0, "coral_domains": 1.0}},  # Sun & Saenko 2016, mean over domain pairs
+    "mmd": {"loss": {"ce": 1.0, "mmd_domains": 1.0}},  # Li et al. 2018, mean over domain pairs
+    "mixstyle": {"loss": {"ce": 1.0}, "config": {"dg.mixstyle": ("layer1", "layer2")}},  # Zhou et al. 2021
+    "swad": {"loss": {"ce": 1.0}, "config": {"dg.swad": True, "save_predictions": True}},  # Cha et al. 2021
+}
+
+
+def dg_method(name: str) -> dict:
+    """``{"loss", "options", "config"}`` of domain-generalization algorithm ``name``."""
+    from jtl.errors import ConfigError  # noqa: PLC0415
+
+    if name not in DG_METHODS:
+        raise ConfigError(f"unknown domain-generalization algorithm {name!r}; known: {', '.join(DG_METHODS)}")
+    m = DG_METHODS[name]
+    return {"loss": dict(m["loss"]), "options": dict(m.get("options", {})), "config": dict(m.get("config", {}))}

@@ -9,6 +9,8 @@ right. Kinds (``x`` is a pixel in [0, 255], ``s`` a severity in 1..5):
 - ``invert``: ``y = 255 - x``.
 - ``rotate@D``: rotation by an angle drawn uniformly from [-D, D] degrees (default 30),
   bilinear, black fill.
+- ``angle@D``: rotation of every image by exactly D degrees (0..359), bilinear, black fill
+  (DomainBed's RotatedMNIST domains: 0, 15, 30, 45, 60, 75; Ghifary et al. 2015).
 - ``noise@s``: ``y = clip(x/255 + N(0, c_s^2)) * 255``, c = (.04, .06, .08, .09, .10).
 - ``blur@s``: Gaussian blur with sigma c = (.4, .6, .7, .8, 1.0) px.
 - ``contrast@s``: ``y = (x - m) c + m`` with m the image mean, c = (.75, .5, .4, .3, .15).
@@ -57,6 +59,7 @@ KINDS: dict[str, tuple[int | None, tuple[int, int] | None]] = {
     "mnistm": (None, None),
     "invert": (None, None),
     "rotate": (30, (1, 180)),
+    "angle": (0, (0, 359)),
     "noise": (3, (1, 5)),
     "blur": (3, (1, 5)),
     "contrast": (3, (1, 5)),
@@ -170,6 +173,11 @@ def rotate(x: np.ndarray, rng: np.random.Generator, degrees: int) -> np.ndarray:
     return _per_image(x, lambda im, i: im.rotate(float(angles[i]), resample=Image.BILINEAR))
 
 
+def angle(x: np.ndarray, rng: np.random.Generator, degrees: int) -> np.ndarray:
+    del rng
+    return _per_image(x, lambda im, i: im.rotate(float(degrees), resample=Image.BILINEAR))
+
+
 def resize(x: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     del rng
     return _per_image(x, lambda im, i: im.resize((size, size), Image.BILINEAR))
@@ -210,7 +218,7 @@ def apply(
         elif s.kind == "invert":
             x = invert(x, rng)
         else:
-            x = {"rotate": rotate, "resize": resize, "noise": noise, "blur": blur, "contrast": contrast}[s.kind](
+            x = {"rotate": rotate, "angle": angle, "resize": resize, "noise": noise, "blur": blur, "contrast": contrast}[s.kind](
                 x, rng, s.param
             )
     return x

@@ -89,6 +89,35 @@ def _last_bn_init(zero_init_residual: bool) -> dict:
     return {"scale_init": nn.initializers.zeros} if zero_init_residual else {}
 
 
+def mixstyle(x: jax.Array, key: jax.Array, *, alpha: float = 0.1, p: float = 0.5, mode: str = "random",
+             eps: float = 1e-6) -> jax.Array:
+    """MixStyle (Zhou et al. 2021, "Domain generalization with MixStyle", eq. 4-5) on NHWC maps:
+    with probability ``p`` for the batch, ``y = s_mix (x - mu) / s + mu_mix`` where ``mu``, ``s``
+    are each sample's per-channel spatial mean and std (held constant in the gradient),
+    ``mu_mix = l mu + (1 - l) mu[perm]``, ``s_mix = l s + (1 - l) s[perm]``, ``l ~ Beta(alpha, alpha)``
+    per sample. ``mode="random"``: ``perm`` a random permutation of the batch; ``"crossdomain"``:
+    the batch's two halves (two domains) swapped, each half shuffled (the paper's
+    domain-label variant)."""
+    k_apply, k_lam, k_perm, k_perm2 = jax.random.split(key, 4)
+    n = x.shape[0]
+    xf = x.astype(jnp.float32)
+    mu = jax.lax.stop_gradient(jnp.mean(xf, axis=(1, 2), keepdims=True))
+    sig = jax.lax.stop_gradient(jnp.sqrt(jnp.var(xf, axis=(1, 2), keepdims=True) + eps))
+    lam = jax.random.beta(k_lam, alpha, alpha, (n, 1, 1, 1))
+    if mode == "random":
+        perm = jax.random.permutation(k_perm, n)
+    elif mode == "crossdomain":
+        half = n // 2
+        back = jnp.arange(n - 1, -1, -1)  # reversed: the second half first
+        perm = jnp.concatenate([jax.random.permutation(k_perm, back[:half]), jax.random.permutation(k_perm2, back[half:])])
+    else:
+        raise ValueError(f"mixstyle mode must be 'random' or 'crossdomain', got {mode!r}")
+    mu_mix = lam * mu + (1 - lam) * mu[perm]
+    sig_mix = lam * sig + (1 - lam) * sig[perm]
+    mixed = ((xf - mu) / sig * sig_mix + mu_mix).astype(x.dtype)
+    return jnp.where(jax.random.uniform(k_apply) < p, mixed, x)
+
+
 class ResNet(nn.Module):
     """A ResNet: stem, stages ``layer1..layerK`` of residual blocks, global average pool, ``fc``.
 
@@ -98,6 +127,9 @@ class ResNet(nn.Module):
     ``frozen``: module names (``"bn1"`` for the stem, a stage ``"layer1"`` or a block
     ``"layer1_0"``) whose BatchNorms use their running averages even in train mode
     (frozen parts; :mod:`jtl.models.backbones`).
+    ``mixstyle``: stage names after which :func:`mixstyle` mixes feature statistics in train
+    mode (domain generalization, Zhou et al. 2021; default none), with ``mixstyle_p``,
+    ``mixstyle_alpha`` and ``mixstyle_mode``; it draws from the ``"dropout"`` rng stream.
     """
 
     block: str
@@ -110,6 +142,10 @@ class ResNet(nn.Module):
     zero_init_residual: bool = False
     frozen: Sequence[str] = ()
     dtype: Dtype = jnp.float32
+    mixstyle: Sequence[str] = ()
+    mixstyle_p: float = 0.5
+    mixstyle_alpha: float = 0.1
+    mixstyle_mode: str = "random"
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -151,6 +187,9 @@ class ResNet(nn.Module):
                     **kw,
                 )(x, trains(name) and f"{name}_{j}" not in self.frozen)
                 in_features = out_features
+            if train and name in self.mixstyle:
+                x = mixstyle(x, self.make_rng("dropout"), alpha=self.mixstyle_alpha, p=self.mixstyle_p,
+                             mode=self.mixstyle_mode)
             feats[name] = x
         pooled = per_member_op(lambda x: jnp.mean(x, axis=(1, 2)))(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
         feats["pooled"] = pooled

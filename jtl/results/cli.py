@@ -45,12 +45,25 @@ def add_parser(sub) -> None:
                    "(the unlabelled target training images of configs/da_*.py; default: the metric's label)")
     p.add_argument("--format", choices=sorted(FORMATS), help="md, csv or tex (default: from --out, else md)")
     p.add_argument("--out", help="write the table to this file (default: print it)")
+    p.add_argument("--domainbed", action="store_true",
+                   help="domain-generalization runs: DomainBed's tables (held-out domains x algorithms) under "
+                        "training-domain validation, leave-one-domain-out and the oracle (jtl.dg.selection)")
     p.add_argument("--plot", metavar="KEY", help="also plot the metric against this config key")
     p.add_argument("--plot-out", metavar="FILE.png", help="the plot's file (default: collect-KEY.png)")
     p.set_defaults(handler=cmd_collect)
 
 
 def cmd_collect(args) -> int:
+    if args.domainbed:
+        from jtl.dg.selection import report as domainbed_report  # noqa: PLC0415
+
+        text = domainbed_report(args.dirs)
+        if args.out:
+            _write_text(Path(args.out), text)
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+        return 0
     fmt = args.format
     if fmt is None:
         suffix = Path(args.out).suffix.lower().lstrip(".") if args.out else ""

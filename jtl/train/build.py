@@ -39,7 +39,12 @@ class Task(Protocol):
 
 
 def build_task(cfg, mesh, workdir: str | Path) -> Task:
-    """The task of ``cfg``: adaptation (``adapt.target`` set), a linear probe, or supervised training."""
+    """The task of ``cfg``: domain generalization (``dg.domains`` set), adaptation (``adapt.target`` set),
+    a linear probe, or supervised training."""
+    if cfg.dg.domains:  # domain generalization: several labelled source domains
+        from jtl.dg.task import DGTask  # noqa: PLC0415 - registers the DG loss pieces when first used
+
+        return DGTask(cfg, mesh)
     if cfg.adapt.target:
         return AdaptationTask(cfg, mesh)
     if cfg.recipe == "linear_probe":

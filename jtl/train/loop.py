@@ -175,6 +175,9 @@ class Trainer:
     def _member_state(self, state, i: int):
         return state
 
+    def _task(self, i: int):
+        return self.task
+
     def _data_state(self, i: int) -> dict:
         return self.task.train_iterator.get_state()
 
@@ -305,6 +308,9 @@ class Trainer:
                 }
                 if self.stacked:
                     summary["vectorized_members"] = len(members)
+                finish = getattr(self._task(i), "finish", None)  # a task's work after training (SWAD)
+                if finish is not None:
+                    summary = finish(m.workdir, self._member_state(state, i), summary)
                 runinfo.write_json(m.workdir / "summary.json", summary)
                 summaries.append(summary)
             self.state = state

@@ -260,6 +260,9 @@ class VectorTrainer(Trainer):
     def _member_state(self, state, i: int):
         return jax.tree.map(lambda x: x[i], state)
 
+    def _task(self, i: int):
+        return self.tasks[self.task_of[i]]
+
     def _data_state(self, i: int) -> dict:
         return self.tasks[self.task_of[i]].train_iterator.get_state()
 
