@@ -14,11 +14,19 @@ right. Kinds (``x`` is a pixel in [0, 255], ``s`` a severity in 1..5):
 - ``noise@s``: ``y = clip(x/255 + N(0, c_s^2)) * 255``, c = (.04, .06, .08, .09, .10).
 - ``blur@s``: Gaussian blur with sigma c = (.4, .6, .7, .8, 1.0) px.
 - ``contrast@s``: ``y = (x - m) c + m`` with m the image mean, c = (.75, .5, .4, .3, .15).
+- ``shot@s``: Poisson noise ``y = clip(Poisson(c x/255) / c) * 255``, c = (500, 250, 100, 75, 50).
+- ``impulse@s``: salt-and-pepper noise: each value becomes 0 or 255 (even odds) with
+  probability c = (.01, .02, .03, .05, .07).
+- ``brightness@s``: HSV value ``v <- clip(v + c)`` (gray: ``y = clip(x/255 + c) * 255``),
+  c = (.05, .1, .15, .2, .3).
+- ``pixelate@s``: box-downsampled to ``int(c H) x int(c W)`` and box-upsampled back,
+  c = (.95, .9, .85, .75, .65).
 - ``resize@N``: resampled to N x N px (bilinear, antialiased; default 14).
 
 The severity constants of noise/blur/contrast are those of CIFAR-10-C (Hendrycks &
 Dietterich 2019, "Benchmarking neural network robustness to common corruptions and
-perturbations", ICLR), which suit 28-32 px images.
+perturbations", ICLR), which suit 28-32 px images; so are those of shot, impulse, brightness and
+pixelate (``CORRUPTIONS``: the Fashion-MNIST-C stream of docs/test-time.md).
 """
 
 from __future__ import annotations
@@ -38,6 +46,10 @@ from jtl.errors import DataError
 NOISE = (0.04, 0.06, 0.08, 0.09, 0.10)
 BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)
 CONTRAST = (0.75, 0.5, 0.4, 0.3, 0.15)
+SHOT = (500, 250, 100, 75, 50)
+IMPULSE = (0.01, 0.02, 0.03, 0.05, 0.07)
+BRIGHTNESS = (0.05, 0.1, 0.15, 0.2, 0.3)
+PIXELATE = (0.95, 0.9, 0.85, 0.75, 0.65)
 SKIMAGE_BACKGROUNDS = (
     "astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "stereo_motorcycle",
 )
@@ -63,6 +75,10 @@ KINDS: dict[str, tuple[int | None, tuple[int, int] | None]] = {
     "noise": (3, (1, 5)),
     "blur": (3, (1, 5)),
     "contrast": (3, (1, 5)),
+    "shot": (3, (1, 5)),
+    "impulse": (3, (1, 5)),
+    "brightness": (3, (1, 5)),
+    "pixelate": (3, (1, 5)),
     "resize": (14, (2, 1024)),
 }
 
@@ -202,6 +218,39 @@ def contrast(x: np.ndarray, rng: np.random.Generator, severity: int) -> np.ndarr
     return np.round(np.clip((x - m) * c + m, 0, 255)).astype(np.uint8)
 
 
+def shot(x: np.ndarray, rng: np.random.Generator, severity: int) -> np.ndarray:
+    c = SHOT[severity - 1]
+    return np.round(np.clip(rng.poisson(x / 255.0 * c) / c, 0, 1) * 255).astype(np.uint8)
+
+
+def impulse(x: np.ndarray, rng: np.random.Generator, severity: int) -> np.ndarray:
+    flipped = rng.random(x.shape) < IMPULSE[severity - 1]
+    salt = rng.random(x.shape) < 0.5
+    return np.where(flipped, np.where(salt, 255, 0), x).astype(np.uint8)
+
+
+def brightness(x: np.ndarray, rng: np.random.Generator, severity: int) -> np.ndarray:
+    del rng
+    c = BRIGHTNESS[severity - 1]
+    if x.shape[-1] == 1:  # a gray pixel's HSV value is the pixel
+        return np.round(np.clip(x / 255.0 + c, 0, 1) * 255).astype(np.uint8)
+    from skimage import color  # noqa: PLC0415
+
+    hsv = color.rgb2hsv(x / 255.0)
+    hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
+    return np.round(np.clip(color.hsv2rgb(hsv), 0, 1) * 255).astype(np.uint8)
+
+
+def pixelate(x: np.ndarray, rng: np.random.Generator, severity: int) -> np.ndarray:
+    del rng
+    c = PIXELATE[severity - 1]
+    h, w = x.shape[1:3]
+    return _per_image(x, lambda im, i: im.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX))
+
+
+CORRUPTIONS = {"shot": shot, "impulse": impulse, "brightness": brightness, "pixelate": pixelate}
+
+
 def invert(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     del rng
     return 255 - x
@@ -217,6 +266,8 @@ def apply(
             x = mnistm(x, rng, backgrounds if backgrounds is not None else load_backgrounds())
         elif s.kind == "invert":
             x = invert(x, rng)
+        elif s.kind in CORRUPTIONS:
+            x = CORRUPTIONS[s.kind](x, rng, s.param)
         else:
             x = {"rotate": rotate, "angle": angle, "resize": resize, "noise": noise, "blur": blur, "contrast": contrast}[s.kind](
                 x, rng, s.param

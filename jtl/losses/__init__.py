@@ -23,6 +23,7 @@ from jtl.losses.norm import afn, hafn
 from jtl.losses.reversal import grl, grl_coeff
 from jtl.losses.self_training import pseudo_label_loss, pseudo_label_loss_with_aux
 from jtl.losses.spectral import bnm, bsp
+from jtl.losses.test_time import eata_entropy, eata_selection, fisher_penalty, reliable_entropy, reliable_mask
 from jtl.losses.wasserstein import gradient_penalty, wdgrl_critic
 
 __all__ = [
@@ -33,8 +34,11 @@ __all__ = [
     "coral",
     "cross_entropy",
     "dann",
+    "eata_entropy",
+    "eata_selection",
     "entropy",
     "entropy_weights",
+    "fisher_penalty",
     "gradient_penalty",
     "grl",
     "grl_coeff",
@@ -50,5 +54,7 @@ __all__ = [
     "pseudo_label_loss_with_aux",
     "randomized_multilinear_map",
     "randomized_multilinear_matrices",
+    "reliable_entropy",
+    "reliable_mask",
     "wdgrl_critic",
 ]

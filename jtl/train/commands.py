@@ -24,6 +24,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", required=True, help="a data.eval or data.test label of the run, or NAME:SPLIT")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    from jtl.tta.command import add_arguments as add_adapt_arguments  # noqa: PLC0415
+
+    add_adapt_arguments(p)  # --adapt tent|eata|sar and its options (docs/test-time.md)
     _add_distributed(p)
     p.set_defaults(handler=cmd_eval)
 
@@ -83,14 +86,17 @@ def _eval_source(run, spec: str):
 
 def cmd_eval(args) -> int:
     from jtl.distributed import initialize_from_env, is_writer  # noqa: PLC0415
+    from jtl.tta.command import run_adapt, settings  # noqa: PLC0415
 
+    adapt = settings(args)  # test-time adaptation options, checked before anything is read
     initialize_from_env(args.coordinator, args.num_processes, args.process_id)
     from jtl.train import runinfo  # noqa: PLC0415
     from jtl.train.inference import RunModel  # noqa: PLC0415
 
     run = RunModel(args.workdir, args.checkpoint)
-    result = run.evaluate(_eval_source(run, args.split))
-    safe = args.split.replace("/", "_").replace(":", "_")
+    source = _eval_source(run, args.split)
+    result = run_adapt(run, source, adapt) if adapt else run.evaluate(source)
+    safe = args.split.replace("/", "_").replace(":", "_") + (f"_{adapt['adapt']}" if adapt else "")
     path = run.workdir / f"eval_{safe}_step{run.step}.json"
     try:
         runinfo.write_json(path, {"step": run.step, "checkpoint": args.checkpoint, **result})
@@ -101,7 +107,8 @@ def cmd_eval(args) -> int:
         per_class = {name: round(acc, 4) for name, acc, n in
                      zip(run.classes.names, result["per_class_accuracy"], result["class_support"]) if n}
         print(json.dumps({"split": args.split, "step": run.step, "checkpoint": args.checkpoint,
-                          **{k: result[k] for k in keys}, "per_class_accuracy": per_class}))
+                          **{k: result[k] for k in keys}, "per_class_accuracy": per_class,
+                          **({"adapt": result["adapt"]} if adapt else {})}))
     return 0
 
 
