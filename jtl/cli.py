@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     from jtl.train.commands import add_parsers as add_train  # noqa: PLC0415
 
     add_train(sub)
-    from jtl.sweep.runner import add_parser as add_sweep  # noqa: PLC0415
+    from jtl.sweep.commands import add_parser as add_sweep  # noqa: PLC0415
 
     add_sweep(sub)
     from jtl.results.cli import add_parser as add_collect  # noqa: PLC0415

@@ -63,11 +63,6 @@ def _train(config: str, sweep_dir: Path, env: dict) -> dict:
     return {json.dumps(r.overrides, sort_keys=True): r.workdir for r in runs}
 
 
-@pytest.fixture(scope="module")
-def reference(sweep_file, env, tmp_path_factory):
-    return {k: _numbers(w) for k, w in _train(sweep_file, tmp_path_factory.mktemp("unsharded"), env).items()}
-
-
 def _jtl(*args):
     return [sys.executable, "-m", "jtl.cli", *map(str, args)]
 
@@ -92,11 +87,13 @@ def test_shard_flag_and_assignment():
     assert assign([2, 2, 1], 2) == [0, 1, 0]
 
 
-def test_two_shards_at_once_train_every_run_once(sweep_file, env, reference, tmp_path):
+def test_two_shards_at_once_train_every_run_once(sweep_file, env, tmp_path):
     out = tmp_path / "sharded"
     logs = [open(tmp_path / f"shard{i}.log", "w") for i in range(2)]  # noqa: SIM115
     procs = [subprocess.Popen(_jtl("sweep", "--config", sweep_file, "--workdir", out, "--shard", f"{i}/2"),
                               env=env, stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+    # The reference, trained here while the shards run: the whole sweep in one process.
+    reference = {k: _numbers(w) for k, w in _train(sweep_file, tmp_path / "unsharded", env).items()}
     codes = [p.wait(timeout=900) for p in procs]
     for f in logs:
         f.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from jtl.errors import ConfigError
 
 
-def add_sweep_parser(sub) -> None:
+def add_parser(sub) -> None:
+    """Register ``jtl sweep``."""
     p = sub.add_parser("sweep", help="run a sweep (get_sweep in a config file), vectorized where possible",
                        description="sweep --config FILE[:ARG] --workdir DIR [--config.KEY=VALUE ...]")
     p.add_argument("--config", required=True, help="config file defining get_config and get_sweep")
@@ -73,11 +76,18 @@ def cmd_sweep(args) -> int:
         from jtl.sweep.shard import parse_shard  # noqa: PLC0415
 
         shard = parse_shard(args.shard)
+    train = None
     if args.devices_per_group:
         import jax  # noqa: PLC0415
 
+        from jtl.sweep.devices import run_side_by_side  # noqa: PLC0415
+
         jax.config.update("jax_platforms", "cpu")  # this process only plans: the workers own the accelerators
+        sweep_dir = Path(args.workdir).absolute()
+
+        def train(groups, log):
+            run_side_by_side(args.config, sweep_dir, extra, groups, args.devices_per_group, log)
     runs = runner.run_sweep(args.config, args.workdir, extra, vectorize=not args.sequential,
-                            max_members=args.max_members, shard=shard, devices_per_group=args.devices_per_group)
+                            max_members=args.max_members, shard=shard, train=train)
     mine = [r for r in runs if r.status not in ("skipped",)]
     return 1 if any(r.status in ("failed", "busy") for r in mine) else 0

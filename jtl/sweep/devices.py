@@ -61,6 +61,8 @@ def run_side_by_side(config: str, sweep_dir: Path, extra: Sequence[str], groups:
     """Train ``groups`` in worker processes on disjoint sets of ``per_group`` devices; sets each run's status."""
     if per_group < 1:
         raise ConfigError(f"--devices-per-group must be >= 1, got {per_group}")
+    if not groups:
+        return
     platform, n = local_devices()
     if per_group > n:
         raise ConfigError(f"--devices-per-group {per_group} is more than the {n} {platform} devices of this host")

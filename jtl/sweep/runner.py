@@ -121,10 +121,10 @@ def plan(runs: list[Run], *, vectorize: bool = True, max_members: int = 32,
 
 
 def run_sweep(config: str, sweep_dir: str | Path, extra: Sequence[str] = (), *, vectorize: bool = True,
-              max_members: int = 32, shard: tuple[int, int] | None = None, devices_per_group: int | None = None,
-              log=print) -> list[Run]:
+              max_members: int = 32, shard: tuple[int, int] | None = None, train=None, log=print) -> list[Run]:
     """Train every run of ``config``'s sweep that has not finished (those of shard ``(i, n)`` only, if
-    given; ``devices_per_group``: groups side by side on that many devices each); the runs with their status."""
+    given); the runs with their status. ``train(groups, log)`` trains the planned groups and sets their
+    runs' status (default: one after another here; :func:`jtl.sweep.devices.run_side_by_side`)."""
     runs = prepare(config, sweep_dir, extra)
     groups = plan(runs, vectorize=vectorize, max_members=max_members, shard=shard)
     todo = [r for g in groups for r in g]
@@ -133,10 +133,8 @@ def run_sweep(config: str, sweep_dir: str | Path, extra: Sequence[str] = (), *, 
     where = f" (shard {shard[0]}/{shard[1]}: {len(groups)} groups)" if shard else ""
     log(f"sweep {config}: {len(runs)} runs, {sum(r.status != 'pending' for r in runs)} finished or invalid, "
         f"{len(todo)} to train{where}")
-    if devices_per_group:
-        from jtl.sweep.devices import run_side_by_side  # noqa: PLC0415
-
-        run_side_by_side(config, Path(sweep_dir).absolute(), extra, groups, devices_per_group, log)
+    if train is not None:
+        train(groups, log)
     else:
         for group in groups:
             train_group(group, log)
@@ -249,9 +247,3 @@ def _failed(run: Run, e: BaseException) -> None:
 def brief(overrides: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in overrides.items())
 
-
-def add_parser(sub) -> None:
-    """Register ``jtl sweep`` (its flags: :mod:`jtl.sweep.commands`)."""
-    from jtl.sweep.commands import add_sweep_parser  # noqa: PLC0415
-
-    add_sweep_parser(sub)

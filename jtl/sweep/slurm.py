@@ -205,8 +205,9 @@ def launch(config: str, sweep_dir: str | Path, extra: Sequence[str], opts: Slurm
                 r.status = "queued"
         runner.runinfo.write_json(sweep_dir / runner.SWEEP_FILE, {**runner.read_manifest(sweep_dir), "jobs": jobs})
         log(f"submitted job array {ids[0].split('_')[0]} ({len(ids)} tasks); logs in {sweep_dir / 'slurm'}")
-    if wait:
-        wait_for({jobs[r.name] for r in runs if r.status == "queued"}, log)
+    waiting = {jobs[r.name] for r in runs if r.status == "queued"}
+    if wait and waiting:
+        wait_for(waiting, log)
     return runs
 
 
