@@ -67,9 +67,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jtl.models.backbones import LEAF_TO_TORCH, Family, register_family
-from jtl.models.layers import BatchNorm, per_member_op
+from jtl.models.layers import per_member_op
+from jtl.models.mobile_blocks import ConvBNAct, SqueezeExcitation, mean_hw
 from jtl.models.mobilenet import make_divisible
-from jtl.models.vgg import Conv2d
 
 Dtype = Any
 
@@ -78,42 +78,9 @@ B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6
       (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
 
 
-def _mean_hw(x: jax.Array) -> jax.Array:
-    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return per_member_op(lambda x: jnp.mean(x, axis=(1, 2), keepdims=True))(xf)
-
-
-class ConvBNAct(nn.Module):
-    """``silu(bn(conv(x)))`` (``act=False``: ``bn(conv(x))``), padding ``(k - 1) // 2``,
-    ``groups`` 1 or the channel count (depthwise)."""
-
-    features: int
-    kernel_size: int
-    stride: int = 1
-    groups: int = 1
-    act: bool = True
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        k = self.kernel_size
-        x = Conv2d(self.features, k, self.stride, (k - 1) // 2, self.groups, use_bias=False, dtype=self.dtype,
-                   name="conv")(x)
-        x = BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
-        return nn.silu(x) if self.act else x
-
-
-class SqueezeExcitation(nn.Module):
-    """``y * sigmoid(fc2(silu(fc1(mean_hw(y)))))`` through ``squeeze`` channels."""
-
-    squeeze: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = Conv2d(self.squeeze, 1, dtype=self.dtype, name="fc1")(_mean_hw(x).astype(self.dtype))
-        s = Conv2d(x.shape[-1], 1, dtype=self.dtype, name="fc2")(nn.silu(s))
-        return nn.sigmoid(s) * x
+def _conv_bn_act(features, kernel_size, stride=1, groups=1, act=True, **kw):
+    """``silu(bn(conv(x)))`` (``act=False``: ``bn(conv(x))``), torch's BatchNorm defaults."""
+    return ConvBNAct(features, kernel_size, stride, groups, nn.silu if act else None, **kw)
 
 
 class MBConv(nn.Module):
@@ -133,10 +100,10 @@ class MBConv(nn.Module):
         mid = make_divisible(cin * self.expand_ratio, 8)
         y = x
         if mid != cin:
-            y = ConvBNAct(mid, 1, dtype=self.dtype, name="expand")(y, train)
-        y = ConvBNAct(mid, self.kernel, self.stride, mid, dtype=self.dtype, name="dwconv")(y, train)
-        y = SqueezeExcitation(max(1, cin // 4), self.dtype, name="se")(y)
-        y = ConvBNAct(self.out, 1, act=False, dtype=self.dtype, name="project")(y, train)
+            y = _conv_bn_act(mid, 1, dtype=self.dtype, name="expand")(y, train)
+        y = _conv_bn_act(mid, self.kernel, self.stride, mid, dtype=self.dtype, name="dwconv")(y, train)
+        y = SqueezeExcitation(max(1, cin // 4), nn.silu, nn.sigmoid, self.dtype, name="se")(y)
+        y = _conv_bn_act(self.out, 1, act=False, dtype=self.dtype, name="project")(y, train)
         if self.stride != 1 or cin != self.out:
             return y
         y = nn.Dropout(self.drop_path, broadcast_dims=(1, 2, 3), deterministic=not train, name="drop_path")(y)
@@ -178,7 +145,7 @@ class EfficientNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
         trains = lambda name: train and name not in self.frozen
-        x = ConvBNAct(self.stem_width, 3, 2, dtype=self.dtype, name="features_0")(x, trains("features_0"))
+        x = _conv_bn_act(self.stem_width, 3, 2, dtype=self.dtype, name="features_0")(x, trains("features_0"))
         feats = {"stem": x}
         total, i = sum(s[-1] for s in self.stages), 0
         for s, (expand, k, stride, out, blocks) in enumerate(self.stages, start=1):
@@ -189,9 +156,9 @@ class EfficientNet(nn.Module):
                 i += 1
             feats[f"layer{s}"] = x
         name = f"features_{len(self.stages) + 1}"
-        x = ConvBNAct(self.head_width, 1, dtype=self.dtype, name=name)(x, trains(name))
+        x = _conv_bn_act(self.head_width, 1, dtype=self.dtype, name=name)(x, trains(name))
         feats["head"] = x
-        pooled = _mean_hw(x)[:, 0, 0]
+        pooled = mean_hw(x)[:, 0, 0]
         feats["pooled"] = pooled
         if self.num_classes:
             y = nn.Dropout(self.dropout, deterministic=not trains("classifier_1"), name="classifier_0")(pooled)

@@ -37,14 +37,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jtl.models.backbones import Family, default_torch_key, register_family
-from jtl.models.layers import BatchNorm, per_member_op
-from jtl.models.vgg import Conv2d, Linear
+from jtl.models.mobile_blocks import ConvBNAct, SqueezeExcitation, mean_hw
+from jtl.models.vgg import Linear
 
 Dtype = Any
 
 hardswish = jax.nn.hard_swish  # x * relu6(x + 3) / 6, torch.nn.Hardswish
 hardsigmoid = jax.nn.hard_sigmoid  # relu6(x + 3) / 6, torch.nn.Hardsigmoid
-_ACTS = {"RE": nn.relu, "HS": hardswish, None: lambda x: x}
+_ACTS = {"RE": nn.relu, "HS": hardswish, None: None}
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -54,41 +54,9 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new + divisor if new < 0.9 * v else new
 
 
-def _mean_hw(x: jax.Array) -> jax.Array:
-    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return per_member_op(lambda x: jnp.mean(x, axis=(1, 2), keepdims=True))(xf)
-
-
-class ConvBNAct(nn.Module):
-    """torchvision's ``Conv2dNormActivation``: ``act(bn(conv(x)))`` with padding ``(k - 1) // 2``."""
-
-    features: int
-    kernel_size: int
-    stride: int = 1
-    groups: int = 1
-    act: str | None = "HS"
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        k = self.kernel_size
-        x = Conv2d(self.features, k, self.stride, (k - 1) // 2, self.groups, use_bias=False, dtype=self.dtype,
-                   name="conv")(x)
-        x = BatchNorm(use_running_average=not train, momentum=0.01, epsilon=1e-3, dtype=self.dtype, name="bn")(x)
-        return _ACTS[self.act](x)
-
-
-class SqueezeExcitation(nn.Module):
-    """``x * hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`` through ``squeeze`` channels."""
-
-    squeeze: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        s = Conv2d(self.squeeze, 1, dtype=self.dtype, name="fc1")(_mean_hw(x).astype(self.dtype))
-        s = Conv2d(x.shape[-1], 1, dtype=self.dtype, name="fc2")(nn.relu(s))
-        return hardsigmoid(s) * x
+def _conv_bn_act(features, kernel_size, stride=1, groups=1, act="HS", **kw):
+    """torchvision's ``Conv2dNormActivation`` with MobileNetV3's BatchNorm (eps 1e-3, momentum 0.01)."""
+    return ConvBNAct(features, kernel_size, stride, groups, _ACTS[act], bn_momentum=0.01, bn_epsilon=1e-3, **kw)
 
 
 class InvertedResidual(nn.Module):
@@ -107,12 +75,13 @@ class InvertedResidual(nn.Module):
         names = iter(f"block_{i}" for i in range(4))  # torchvision's ``block`` Sequential
         y = x
         if self.expanded != x.shape[-1]:
-            y = ConvBNAct(self.expanded, 1, act=self.act, dtype=self.dtype, name=next(names))(y, train)
-        y = ConvBNAct(self.expanded, self.kernel, self.stride, self.expanded, self.act, self.dtype,
-                      name=next(names))(y, train)
+            y = _conv_bn_act(self.expanded, 1, act=self.act, dtype=self.dtype, name=next(names))(y, train)
+        y = _conv_bn_act(self.expanded, self.kernel, self.stride, self.expanded, self.act, dtype=self.dtype,
+                         name=next(names))(y, train)
         if self.use_se:
-            y = SqueezeExcitation(make_divisible(self.expanded // 4, 8), self.dtype, name=next(names))(y)
-        y = ConvBNAct(self.out, 1, act=None, dtype=self.dtype, name=next(names))(y, train)
+            y = SqueezeExcitation(make_divisible(self.expanded // 4, 8), nn.relu, hardsigmoid, self.dtype,
+                                  name=next(names))(y)
+        y = _conv_bn_act(self.out, 1, act=None, dtype=self.dtype, name=next(names))(y, train)
         return y + x if self.stride == 1 and x.shape[-1] == self.out else y
 
 
@@ -142,7 +111,7 @@ class MobileNetV3(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
         trains = lambda name: train and name not in self.frozen
-        x = ConvBNAct(self.stem_width, 3, 2, dtype=self.dtype, name="features_0")(x, trains("features_0"))
+        x = _conv_bn_act(self.stem_width, 3, 2, dtype=self.dtype, name="features_0")(x, trains("features_0"))
         feats, n = {}, len(self.blocks)
         for i, (k, exp, out, se, act, stride) in enumerate(self.blocks):
             if stride == 2:  # taps: the map before each stride-2 block
@@ -150,9 +119,9 @@ class MobileNetV3(nn.Module):
             name = f"features_{i + 1}"
             x = InvertedResidual(k, exp, out, se, act, stride, self.dtype, name=name)(x, trains(name))
         name = f"features_{n + 1}"
-        x = ConvBNAct(6 * self.blocks[-1][2], 1, dtype=self.dtype, name=name)(x, trains(name))
+        x = _conv_bn_act(6 * self.blocks[-1][2], 1, dtype=self.dtype, name=name)(x, trains(name))
         feats[f"layer{len(feats)}"] = x
-        x = Linear(self.last_channel, init="normal", dtype=self.dtype, name="classifier_0")(_mean_hw(x)[:, 0, 0])
+        x = Linear(self.last_channel, init="normal", dtype=self.dtype, name="classifier_0")(mean_hw(x)[:, 0, 0])
         x = nn.Dropout(self.dropout, deterministic=not trains("classifier_0"), name="classifier_2")(hardswish(x))
         pooled = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         feats["pooled"] = pooled
