@@ -79,10 +79,18 @@ SHORT = ["--config.total_steps=2", "--config.optim.warmup_steps=0", "--config.ev
 # Documented commands that cannot run here, exactly as documented (continuations joined,
 # comment dropped), with the reason. An entry no page documents any more fails the test.
 _MULTI_HOST = "one process of a two-process run (needs both at once; tests/test_multihost.py runs that)"
+# docs/adaptation.md, "Benchmarks: TLlib's tables": benchmark -> its collect options
+_BENCHMARKS = {b: "--group-by loss,data.train,adapt.target"
+               for b in ("office31", "office_home", "domainnet", "digits_tllib")}
+_BENCHMARKS["visda2017"] = "--metric target_test/macro_recall --group-by loss"
+_BENCHMARK = ("a whole TLlib table on the real benchmark and ImageNet weights (not reachable here; "
+              "tests/test_benchmark_configs.py runs office31.py and digits_tllib.py on miniature fakes)")
 EXCEPTIONS = {
     "jtl port --src resnet50.tv_in1k --out ckpt/resnet50_tv":
         "fetches ImageNet weights from download.pytorch.org (no network here; tests/test_weights.py "
         "covers fetching, checksums and the offline error)",
+    **{f"jtl sweep --config configs/{b}.py:table --workdir runs/{b}": _BENCHMARK for b in _BENCHMARKS},
+    **{f"jtl collect runs/{b} {how} --select none --out {b}.md": _BENCHMARK for b, how in _BENCHMARKS.items()},
     "JTL_COORDINATOR=host0:1234 JTL_NUM_PROCESSES=2 JTL_PROCESS_ID=0 jtl train ...":
         "a template ('jtl train ...') of " + _MULTI_HOST,
     "JTL_COORDINATOR=127.0.0.1:12355 JTL_NUM_PROCESSES=2 JTL_PROCESS_ID=0 "
