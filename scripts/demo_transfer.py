@@ -6,9 +6,15 @@
    pretrained weights, and training from scratch.
 3. Print the table of target test top-1, write ``results.json``, ``results.md``
    and ``transfer.png`` into the workdir.
+4. Domain adaptation on one shift (``configs/da_fmnist_noise.py``: Fashion-MNIST ->
+   Gaussian-noise Fashion-MNIST, one seed): source-only, two methods, DANN and DAN, and
+   the zero-weight control ``dann_weight0`` (DANN's recipe with ``loss.dann=0``), each
+   starting from the source-only run, trained and scored as ``jtl da-results`` does
+   (:mod:`jtl.results.da_study`); its method table and ``adaptation.png``.
 
-Every run is an ordinary ``jtl train`` run of ``configs/finetune.py`` in its own
-sub-directory (re-running resumes or skips finished runs).
+Every run is an ordinary ``jtl train`` run of ``configs/finetune.py`` (or a one-seed
+``jtl sweep`` of ``configs/da_fmnist_noise.py``) in its own sub-directory (re-running
+resumes or skips finished runs). Each section prints its wall and CPU time.
 
     .venv/bin/python scripts/demo_transfer.py --workdir out/demo
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -25,6 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "finetune.py")
 RECIPES = ("linear_probe", "finetune", "scratch")
+DA_SHIFT, DA_METHODS = "fmnist_noise", ("dann", "dan")
+
+
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def budget_overrides(budget: int) -> list[str]:
@@ -70,10 +84,50 @@ def plot(results: dict, budgets: list[int], labels: list[str], out: Path) -> Non
     fig.savefig(out, dpi=120)
 
 
+def adaptation(out: Path, steps: int) -> tuple[dict[str, dict], list[str]]:
+    """Source-only, DA_METHODS and the zero-weight control on DA_SHIFT, seed 0, ``steps`` steps each
+    (the methods from the source-only run), as ``jtl da-results`` trains, scores and evaluates them
+    (:mod:`jtl.results.da_study`): ({name: its row}, the method table's lines)."""
+    from jtl.errors import JtlError  # noqa: PLC0415
+    from jtl.results.da_study import Study, add_final_accuracy, score_runs, train_all  # noqa: PLC0415
+    from jtl.results.da_tables import CONTROLS, method_table  # noqa: PLC0415
+
+    study = Study(config=str(ROOT / "configs" / f"da_{DA_SHIFT}.py"), name=DA_SHIFT, root=out / "adaptation",
+                  seeds=[0], methods=["source_only", *DA_METHODS], controls=list(CONTROLS),
+                  overrides=[f"total_steps={steps}"])
+    rows = score_runs(study, train_all(study))
+    if "source_only" not in rows:
+        raise JtlError(f"the source-only run failed; see {study.folder / 'source_only'}")
+    add_final_accuracy(study, rows)
+    return {name: r[0] for name, r in rows.items()}, method_table(rows, study.select_label)
+
+
+def plot_adaptation(rows: dict[str, dict], out: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [100 * rows[n]["source_val"] for n in names], 0.4, label="source val")
+    ax.bar([i + 0.2 for i in x], [100 * rows[n]["target"] for n in names], 0.4, label="target test")
+    ax.set_xticks(list(x), names)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Fashion-MNIST -> noisy Fashion-MNIST, cifar_resnet8")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="out/demo")
     p.add_argument("--budgets", default="100,1000,0", help="target label budgets; 0 = all")
+    p.add_argument("--da-steps", type=int, default=100, help="adaptation section: steps of each run (0: skip it)")
     a = p.parse_args(argv)
     from jtl.errors import JtlError  # noqa: PLC0415
 
@@ -81,7 +135,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     budgets = [int(b) for b in a.budgets.split(",")]
     labels = [f"{b:,}" if b else "all (30,000)" for b in budgets]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     try:
         print("pretraining on the source task (Fashion-MNIST classes 0-4) ...", flush=True)
         source = run("source", out / "source", [])
@@ -93,10 +147,16 @@ def main(argv=None) -> int:
                 init = [] if recipe == "scratch" else [f"model.init={out / 'source'}"]
                 s = run(recipe, out / f"{recipe}_{budget or 'all'}", budget_overrides(budget) + init)
                 results[recipe][str(budget)] = s["final"]["test"]["top1"]
+        wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+        da_rows, da_table, t1, c1 = {}, [], time.perf_counter(), cpu_s()
+        if a.da_steps:
+            print(f"domain adaptation: {DA_SHIFT}, source-only, {', '.join(DA_METHODS)} and the zero-weight control ...",
+                  flush=True)
+            da_rows, da_table = adaptation(out, a.da_steps)
+        da_wall, da_cpu = time.perf_counter() - t1, cpu_s() - c1
     except JtlError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
-    wall = time.perf_counter() - t0
     header = "| recipe | " + " | ".join(labels) + " |"
     rows = [header, "|" + "---|" * (len(labels) + 1)]
     for recipe in RECIPES:
@@ -104,12 +164,23 @@ def main(argv=None) -> int:
     table = "\n".join(rows)
     print("\nTarget test top-1 (%), Fashion-MNIST classes 5-9 (5,000 test images):\n" + table)
     print(f"\nsource pretraining: {100 * source['final']['test']['top1']:.1f}% on source test; "
-          f"total wall time {wall:.0f} s")
-    (out / "results.json").write_text(json.dumps({"target_top1": results, "source_top1": source["final"]["test"]["top1"],
-                                                  "wall_time_s": wall}, indent=2) + "\n")
-    (out / "results.md").write_text(table + "\n")
+          f"fine-tuning section: wall {wall:.0f} s, CPU {cpu:.0f} s")
+    text = table + "\n"
+    if da_rows:
+        da_table = "\n".join(da_table)
+        print(f"\nDomain adaptation, {DA_SHIFT} (seed 0; target top-1 uses target labels: oracle, for the "
+              f"table only):\n{da_table}\nadaptation section: wall {da_wall:.0f} s, CPU {da_cpu:.0f} s")
+        text += f"\n## Domain adaptation: {DA_SHIFT} (seed 0)\n\n{da_table}\n"
+        plot_adaptation(da_rows, out / "adaptation.png")
+    da_json = {n: {"target_top1": r["target"], "source_val_top1": r["source_val"]} for n, r in da_rows.items()}
+    (out / "results.json").write_text(json.dumps({
+        "target_top1": results, "source_top1": source["final"]["test"]["top1"], "adaptation": da_json,
+        "wall_time_s": {"finetune": wall, "adaptation": da_wall},
+        "cpu_time_s": {"finetune": cpu, "adaptation": da_cpu}}, indent=2) + "\n")
+    (out / "results.md").write_text(text)
     plot(results, budgets, labels, out / "transfer.png")
-    print(f"wrote {out / 'results.md'} and {out / 'transfer.png'}")
+    print(f"total wall time {wall + da_wall:.0f} s, CPU {cpu + da_cpu:.0f} s; wrote {out / 'results.md'}, "
+          f"{out / 'transfer.png'}" + (f", {out / 'adaptation.png'}" if da_rows else ""))
     return 0
 
 
