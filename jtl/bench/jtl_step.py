@@ -71,7 +71,7 @@ def build_jtl(case: Case, seed: int = 0, dtype=None) -> JtlStep:
         names = [n for n, _ in DANN_LOSS]
         forward = adaptation_forward(model, None, declared_views(names), any(get_piece(n).needs_target for n in names))
         loss_fn = make_loss_fn(forward, DANN_LOSS, {}, TOTAL_STEPS, r"^(?!backbone/)",
-                               apply_head=lambda params, name, x: apply_head(model, params, name, x))
+                               apply_head=lambda params, name, x, rng=None: apply_head(model, params, name, x, rng))
         host_batch = {"image_s": x[:case.batch], "label": y, "image_t": x[case.batch:]}
     params = variables["params"]
     tx = optax.sgd(LR, momentum=0.9)

@@ -209,10 +209,10 @@ def second_classifier(ctx: Context):
     """MCD's second classifier F2 on ``f_s`` and ``f_t``: one application to the batch the main
     classifier sees (``[f_s; f_t]``, or ``f_s`` alone in a source-only step), made once per update and
     shared by the pieces, as TLlib's ``y_2 = F2(g)`` (which matters once F2 has BatchNorm or dropout)."""
-    if "head2_s" not in ctx.out:
-        f, n = _both(ctx)
-        y = ctx.apply_head("head2", f)
-        ctx.out["head2_s"], ctx.out["head2_t"] = y[:n], y[n:]
+    if "head2_t" not in ctx.out:
+        fs, ft = ctx.out.get("f_s", ctx.out["f_t"][:0]), ctx.out["f_t"]
+        y = ctx.apply_head("head2", jnp.concatenate([fs, ft]))
+        ctx.out["head2_s"], ctx.out["head2_t"] = y[:fs.shape[0]], y[fs.shape[0]:]
     return ctx.out["head2_s"], ctx.out["head2_t"]
 
 
