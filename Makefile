@@ -29,8 +29,12 @@ $(TIMM_STAMP): Makefile $(STAMP)
 	  $(TIMM_VENV)/bin/pip install -q --no-deps $(TIMM_PKGS) && touch $(TIMM_STAMP); \
 	else echo "setup: no torch for /usr/bin/python3 (python3-torchvision); timm parity tests will fail in CI"; fi
 
+# Two pytest workers (pytest-xdist), one test file each at a time (module fixtures build their
+# references once): compiling is single-threaded, so two files overlap on a 2-core machine.
+TEST_JOBS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow" tests
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow tests
