@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def main(argv=None) -> int:
         print("--shifts SHIFT,...: configs/da_<SHIFT>.py to run (default: fmnist_mnistm,fmnist_invert); "
               f"passed on: {', '.join(PASSED_ON)}, ...\n")
         return jtl_main(["da-results", "--help"])
-    configs = [w for s in a.shifts.split(",") if s for w in ("--config", str(ROOT / "configs" / f"da_{s}.py"))]
+    configs = [w for s in a.shifts.split(",") if s
+               for w in ("--config", os.path.relpath(ROOT / "configs" / f"da_{s}.py"))]
     return jtl_main(["da-results", *configs, "--workdir", a.workdir, "--out", a.out, *rest])
 
 

@@ -102,7 +102,7 @@ def test_test_fraction_is_a_config_key_and_the_target_has_its_own(tmp_path):
     from jtl import data as jdata
     from jtl.config import load_config
     from jtl.data.splits import run_fractions
-    from jtl.errors import DataError
+    from jtl.errors import ConfigError, DataError
 
     src, tgt = make_domains(tmp_path, n_train=20)
     plain = tgt / "train"  # a plain folder <class>/*.png as the target
@@ -116,6 +116,11 @@ def test_test_fraction_is_a_config_key_and_the_target_has_its_own(tmp_path):
     no_test = load_config(f"{ROOT}/configs/da_folder.py:dann,source={src},target={plain}")
     with pytest.raises(DataError, match="test_fraction"):
         jdata.load(no_test.adapt.target, "test", **run_fractions(no_test, no_test.adapt.target))
+    with pytest.raises(ConfigError, match="data.test and data.eval both label"):  # held out, or evaluated: not both
+        load_config(f"{ROOT}/configs/da_folder.py:dann,source={src},target={plain}",
+                    [f"data.eval=('target_test=folder:{plain}:train',)"])
+    with pytest.raises(ConfigError, match="adapt.target val_fraction=0.5 and test_fraction=0.5"):
+        load_config(f"{ROOT}/configs/da_folder.py:dann,source={src},target={plain},test_fraction=0.5,val_fraction=0.5")
 
 
 def test_adaptation_uses_every_target_image(tmp_path, monkeypatch):

@@ -160,7 +160,7 @@ def command_line(args) -> str:
     """The ``jtl da-results`` command that makes this report (its options as given or defaulted)."""
     words = [w for c in args.config for w in ("--config", c)] + (["--name", args.name] if args.name else [])
     words += ["--methods", args.methods, "--controls", args.controls, "--seeds", args.seeds]
-    words += [w for o in args.override for w in ("--override", o)] + [f"--config.{o}" for o in args.overrides]
+    words += [w for o in args.override for w in ("--override", o)] + [f"--{o}" for o in args.overrides]  # "config.KEY=VALUE"
     if args.figures:
         words += ["--figures", args.figures]
     return "jtl da-results " + shlex.join(words)
