@@ -91,6 +91,7 @@ def defaults() -> ConfigDict:
     # Unsupervised domain adaptation: set `target` to train on labelled source + unlabelled target.
     c.adapt = ConfigDict()
     c.adapt.target = ""  # dataset name of the unlabelled target domain, e.g. "fashion_mnist:mnistm"
+    c.adapt.source_free = False  # True: adapt the model.init run to the target without source data (SHOT, NRC)
     c.adapt.target_split = "train"
     # The target's own held-out fractions (wherever it is loaded): 0 = every image of target_split is adapted on.
     c.adapt.target_val_fraction = 0.0

@@ -33,6 +33,15 @@ OPTIONS: dict[str, dict] = {
 }
 
 
+# Source-free adaptation (adapt.source_free: the source run's model and unlabelled target data
+# only; jtl.train.source_free). Kept apart from METHODS: they read no source data. Both keep the
+# classifier fixed (freeze: "^head/", the source hypothesis).
+SOURCE_FREE: dict[str, dict[str, float]] = {
+    "shot": {"im": 1.0, "shot": 0.3},  # Liang et al. 2020: information maximisation + beta = 0.3 pseudo-labels
+    "nrc": {"nrc": 1.0, "diversity": 1.0},  # Yang et al. 2021: neighbourhood clustering + diversity
+}
+
+
 def method(name: str) -> dict[str, float]:
     from jtl.errors import ConfigError  # noqa: PLC0415
 

@@ -52,10 +52,11 @@ def dataset_stats(source, channels: int | None = None, max_images: int = 10000, 
 class _Batch(grain.transforms.RandomMap):
     """positions (B,) -> batch dict; eval batches get ``mask`` (False on padding)."""
 
-    def __init__(self, source, size, channels, aug, mean, std, output, masked, stream=None):
+    def __init__(self, source, size, channels, aug, mean, std, output, masked, stream=None, with_index=False):
         self.source, self.size, self.channels, self.aug = source, size, channels, aug
         self.mean, self.std, self.output, self.masked = mean, std, output, masked
         self.stream = stream  # with several processes: this process's own random stream
+        self.with_index = with_index  # add "index": each example's position in the source (its id)
 
     def random_map(self, positions, rng: np.random.Generator):
         if self.stream is not None and rng is not None:  # processes get the same seed per batch
@@ -72,6 +73,8 @@ class _Batch(grain.transforms.RandomMap):
         else:
             x = aug_lib.normalize(x, self.mean, self.std)
         batch = {"image": x, "label": np.asarray(ex["label"], np.int32)}
+        if self.with_index:
+            batch["index"] = positions.astype(np.int32)
         if self.masked:
             batch["mask"] = valid
             batch["label"] = np.where(valid, batch["label"], 0).astype(np.int32)
@@ -158,6 +161,7 @@ def make_iterator(
     output: str = "float32",
     num_threads: int | None = None,
     prefetch: int = 4,
+    with_index: bool = False,
 ) -> DataIterator:
     """Batches of ``source`` (see :mod:`jtl.data` for the contract)."""
     n = len(source)
@@ -181,7 +185,7 @@ def make_iterator(
             raise DataError(f"{source!r}: {n // process_count} examples per process, "
                             f"fewer than batch_size={batch_size}")
         transform = _Batch(source, image_size, channels, aug_lib.parse(augment), mean, std, output, False,
-                           stream=process_index if mine is not None else None)
+                           stream=process_index if mine is not None else None, with_index=with_index)
         ds = grain.MapDataset.range(n).shuffle(seed=shuffle_seed).repeat(None).batch(per_step, drop_remainder=True)
         if mine is not None:
             ds = ds.map(mine)
@@ -194,7 +198,7 @@ def make_iterator(
         ds = grain.MapDataset.range(total).batch(per_step)
         if mine is not None:
             ds = ds.map(mine)
-        transform = _Batch(source, image_size, channels, {}, mean, std, output, True)
+        transform = _Batch(source, image_size, channels, {}, mean, std, output, True, with_index=with_index)
         ds = ds.map(transform.map)
         num_batches = len(ds)
     return DataIterator(

@@ -22,6 +22,7 @@ from jtl.losses.mmd import jmmd, mk_mmd
 from jtl.losses.norm import afn, hafn
 from jtl.losses.reversal import grl, grl_coeff
 from jtl.losses.self_training import pseudo_label_loss, pseudo_label_loss_with_aux
+from jtl.losses.source_free import diversity, nrc, nrc_neighbours, shot_pseudo_labels, unit_rows
 from jtl.losses.spectral import bnm, bsp
 from jtl.losses.test_time import eata_entropy, eata_selection, fisher_penalty, reliable_entropy, reliable_mask
 from jtl.losses.wasserstein import gradient_penalty, wdgrl_critic
@@ -34,6 +35,7 @@ __all__ = [
     "coral",
     "cross_entropy",
     "dann",
+    "diversity",
     "eata_entropy",
     "eata_selection",
     "entropy",
@@ -50,11 +52,15 @@ __all__ = [
     "mdd",
     "mk_mmd",
     "multilinear_map",
+    "nrc",
+    "nrc_neighbours",
     "pseudo_label_loss",
     "pseudo_label_loss_with_aux",
     "randomized_multilinear_map",
     "randomized_multilinear_matrices",
     "reliable_entropy",
     "reliable_mask",
+    "shot_pseudo_labels",
+    "unit_rows",
     "wdgrl_critic",
 ]

@@ -22,7 +22,7 @@ from jtl import losses as L
 from jtl.errors import ConfigError
 from jtl.losses.mcd import class_balance
 from jtl.optim import nonzero
-from jtl.train.pieces import Context, Head, Phase, register
+from jtl.train.pieces import Bank, Context, Head, Phase, register
 
 # The heads pieces declare (widths: adapt.disc_hidden; "classes": one output per class).
 DISC = Head(hidden=2, outputs=1)
@@ -174,31 +174,31 @@ def afn_piece(ctx: Context, *, delta: float = 1.0):
     return L.afn(ctx.out["f_s"], delta=delta) + L.afn(ctx.out["f_t"], delta=delta)
 
 
-@register("mcc")
+@register("mcc", needs_source=False)  # target-only: usable without source data (adapt.source_free)
 def mcc_piece(ctx: Context, *, temperature: float = 2.5):
     """MCC on the target predictions."""
     return L.mcc(ctx.out["logits_t"], temperature=temperature)
 
 
-@register("bnm")
+@register("bnm", needs_source=False)
 def bnm_piece(ctx: Context):
     """BNM on the target predictions."""
     return L.bnm(ctx.out["logits_t"])
 
 
-@register("entropy")
+@register("entropy", needs_source=False)
 def entropy_piece(ctx: Context):
     """Entropy minimisation on the target predictions."""
     return L.entropy(ctx.out["logits_t"])
 
 
-@register("im")
+@register("im", needs_source=False)
 def im_piece(ctx: Context):
     """Information maximisation on the target predictions (entropy minus diversity)."""
     return L.information_maximization(ctx.out["logits_t"])
 
 
-@register("fixmatch", views=("strong",))
+@register("fixmatch", views=("strong",), needs_source=False)
 def fixmatch_piece(ctx: Context, *, threshold: float = 0.95):
     """Self-training: pseudo-labels of the weak target view supervise the strong view."""
     loss, aux = L.pseudo_label_loss_with_aux(ctx.out["logits_t"], ctx.out["logits_t_strong"], threshold=threshold)
@@ -238,6 +238,55 @@ def mcd_balance_piece(ctx: Context):
     return class_balance(ctx.out["logits_t"]) + class_balance(second_classifier(ctx)[1])
 
 
+
+
+# ---------------------------------------------------------------------------------- source-free
+def _features_row(feature_dim: int, num_classes: int) -> tuple[int, ...]:
+    return (feature_dim,)
+
+
+def _classes_row(feature_dim: int, num_classes: int) -> tuple[int, ...]:
+    return (num_classes,)
+
+
+def _scalar_row(feature_dim: int, num_classes: int) -> tuple[int, ...]:
+    return ()
+
+
+# Memory banks over the target set (jtl.train.bank): filled by a pass of the model over it.
+SHOT_LABELS = Bank(_scalar_row, jnp.int32, lambda z, f, o: L.shot_pseudo_labels(z, f, rounds=o["rounds"]), "interval")
+NRC_FEATURES = Bank(_features_row, jnp.float32, lambda z, f, o: L.unit_rows(f))
+NRC_SCORES = Bank(_classes_row, jnp.float32, lambda z, f, o: jax.nn.softmax(z.astype(jnp.float32), axis=-1))
+
+
+@register("shot", needs_source=False, banks={"shot_labels": SHOT_LABELS})
+def shot_piece(ctx: Context, *, interval: int = 0, rounds: int = 1):
+    """SHOT's self-supervised pseudo-label loss (Liang et al. 2020): cross-entropy of the target
+    predictions with each sample's label from the last clustering pass over the target set
+    (:func:`jtl.losses.shot_pseudo_labels`, ``rounds`` refinements), redone every ``interval``
+    steps (0: once per pass over the target set, SHOT's epochs). Reports ``agreement``: the
+    share of the batch whose prediction is its pseudo-label."""
+    del interval, rounds  # read by the bank's pass (jtl.train.bank)
+    labels = ctx.bank["shot_labels"][ctx.batch["index"]]
+    logits = ctx.out["logits_t"]
+    return L.cross_entropy(logits, labels), {"agreement": jnp.mean(jnp.argmax(logits, -1) == labels)}
+
+
+@register("nrc", needs_source=False, banks={"nrc_features": NRC_FEATURES, "nrc_scores": NRC_SCORES})
+def nrc_piece(ctx: Context, *, k: int = 5, kk: int = 5, r: float = 0.1):
+    """NRC (Yang et al. 2021): the batch's unit features and softmax scores go into the banks,
+    then :func:`jtl.losses.nrc` pulls each prediction towards its ``k`` neighbours' stored
+    scores (reciprocal ones weighted 1, others ``r``) and their ``kk`` neighbours' (``r``)."""
+    logits = ctx.out["logits_t"]
+    feats = ctx.set_rows("nrc_features", L.unit_rows(ctx.out["f_t"]))
+    scores = ctx.set_rows("nrc_scores", jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+    return L.nrc(logits, ctx.batch["index"], feats, scores, k=k, kk=kk, r=r)
+
+
+@register("diversity", needs_source=False)
+def diversity_piece(ctx: Context):
+    """Diversity of the batch's target predictions, ``sum_c pbar_c log pbar_c`` (NRC's L_div)."""
+    return L.diversity(ctx.out["logits_t"])
 
 
 # ---------------------------------------------------------------------------------- views

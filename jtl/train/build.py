@@ -45,6 +45,10 @@ def build_task(cfg, mesh, workdir: str | Path) -> Task:
         from jtl.dg.task import DGTask  # noqa: PLC0415 - registers the DG loss pieces when first used
 
         return DGTask(cfg, mesh)
+    if cfg.adapt.source_free:  # a source run's model + unlabelled target data only
+        from jtl.train.source_free import SourceFreeTask  # noqa: PLC0415
+
+        return SourceFreeTask(cfg, mesh)
     if cfg.adapt.target:
         return AdaptationTask(cfg, mesh)
     if cfg.recipe == "linear_probe":

@@ -79,7 +79,7 @@ def _is_mismatch(e: Exception) -> bool:
 def _restore_step(manager, step: int, directory: Path, abstract_state=None) -> tuple[Any, dict]:
     """Restore and verify one step: ``(state, iterator state)``; CorruptCheckpoint or a mismatch JtlError."""
     where = directory / str(step)
-    abstract_state = _restore_target(where / "state", abstract_state)
+    abstract_state, rebuild = _fields_on_disk(where / "state", _restore_target(where / "state", abstract_state))
     try:
         out = manager.restore(
             step,
@@ -94,6 +94,7 @@ def _restore_step(manager, step: int, directory: Path, abstract_state=None) -> t
             ) from None
         raise CorruptCheckpoint(f"checkpoint {where} is unreadable ({type(e).__name__}: {first})") from None
     data = dict(out["data"] or {})
+    out = {**out, "state": rebuild(out["state"])}
     if set(data) != {_CRC_KEY, _ITER_KEY}:
         return out["state"], data  # written before checksums were recorded: nothing to verify
     want, got = data[_CRC_KEY], checksums(out["state"])
@@ -101,6 +102,26 @@ def _restore_step(manager, step: int, directory: Path, abstract_state=None) -> t
     if bad:
         raise CorruptCheckpoint(f"checkpoint {where} is corrupt: {len(bad)} array(s) fail their checksum, e.g. {bad[0]}")
     return out["state"], dict(data[_ITER_KEY] or {})
+
+
+def _fields_on_disk(item_dir: Path, abstract_state):
+    """``(target, rebuild)``: a train state's optional fields that are None here and absent from a
+    checkpoint written before they existed (``bank``) are left out of the restore and put back as
+    None by ``rebuild``, so such a checkpoint resumes; any other difference is orbax's to report."""
+    import dataclasses  # noqa: PLC0415
+
+    if not dataclasses.is_dataclass(abstract_state):
+        return abstract_state, lambda s: s
+    try:
+        stored = getattr(ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir)), "tree", None)
+    except Exception:  # noqa: BLE001 - unreadable metadata: let restore report the damage
+        return abstract_state, lambda s: s
+    names = [f.name for f in dataclasses.fields(abstract_state)]
+    absent = [n for n in names if isinstance(stored, dict) and n not in stored and getattr(abstract_state, n) is None]
+    if not absent:
+        return abstract_state, lambda s: s
+    target = {n: getattr(abstract_state, n) for n in names if n not in absent}
+    return target, lambda s: abstract_state.replace(**dict(s), **{n: None for n in absent})
 
 
 def _restore_target(item_dir: Path, abstract_state):

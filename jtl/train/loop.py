@@ -25,7 +25,7 @@ import numpy as np
 from jtl.distributed import global_rows, is_writer
 from jtl.errors import DataError, JtlError
 from jtl.progress import phase, process_age_s, say
-from jtl.train import lock, record, runinfo
+from jtl.train import bank, lock, record, runinfo
 from jtl.train.build import build_task
 from jtl.train.checkpoint import Checkpoints
 from jtl.train.metrics import SCALAR_KEYS, classification_metrics
@@ -132,16 +132,25 @@ class Trainer:
         """
         results = {}
         for label, make_it in (splits or self.task.eval_iterators).items():
-            logits, pooled, labels = [], [], []
-            for batch in make_it():
-                mask = np.asarray(batch.pop("mask", np.ones(len(batch["label"]), bool)))
-                check_finite_batch(batch["image"], f"an input batch of eval split {label!r}")
-                out, mask, batch = global_rows(self.eval_step(state, shard_batch(self.mesh, batch)), mask, batch)
-                logits.append(np.asarray(out["logits"])[mask])
-                pooled.append(np.asarray(out["pooled"])[mask])
-                labels.append(np.asarray(batch["label"])[mask])
-            results[label] = record_eval(self.members[0], label, step, logits, pooled, labels)
+            outputs = self._pass(state, make_it, f"eval split {label!r}")
+            results[label] = record_eval(self.members[0], label, step, *outputs)
         return results
+
+    def _pass(self, state, make_it, what: str) -> tuple[list, list, list]:
+        """``(logits, pooled, labels)`` batches of one ordered eval-mode pass over ``make_it()`` (padding dropped)."""
+        logits, pooled, labels = [], [], []
+        for batch in make_it():
+            mask = np.asarray(batch.pop("mask", np.ones(len(batch["label"]), bool)))
+            check_finite_batch(batch["image"], f"an input batch of {what}")
+            out, mask, batch = global_rows(self.eval_step(state, shard_batch(self.mesh, batch)), mask, batch)
+            logits.append(np.asarray(out["logits"])[mask])
+            pooled.append(np.asarray(out["pooled"])[mask])
+            labels.append(np.asarray(batch["label"])[mask])
+        return logits, pooled, labels
+
+    def _member_passes(self, state, iterator_of, what: str) -> list[tuple[list, list, list]]:
+        """Per member, :meth:`_pass` over its task's iterator ``iterator_of(task)`` (memory-bank passes)."""
+        return [self._pass(state, iterator_of(self.task), what)]
 
     def restore(self, step: int | None = None):
         """``(state, data_state, step)`` from checkpoint ``step`` (default: the latest), or the initial state."""
@@ -234,6 +243,7 @@ class Trainer:
 
         try:
             for step in range(start + 1, cfg.total_steps + 1):
+                state = bank.refresh(self, state, step)  # memory banks whose pass is due (none: unchanged)
                 batch = self._next_batch(step)
                 if first_step_s is None:
                     with phase("compiling the train step and running step 1"):

@@ -46,6 +46,14 @@ class Context:
     rng: jax.Array
     head: str = r"^(?!backbone/)"
     apply_head: Callable[[str, jax.Array], jax.Array] | None = None  # (head name, inputs) -> outputs
+    bank: dict | None = None  # the run's memory banks (pieces that declare them), {name: (N, ...) array}
+
+    def set_rows(self, name: str, rows: jax.Array) -> jax.Array:
+        """Write ``rows`` (detached) into bank ``name`` at the batch's sample ids ``batch["index"]``;
+        returns the bank array, which the step keeps in the train state."""
+        old = self.bank[name]
+        self.bank[name] = old.at[self.batch["index"]].set(jax.lax.stop_gradient(rows).astype(old.dtype))
+        return self.bank[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +72,24 @@ class Head:
 
 
 @dataclasses.dataclass(frozen=True)
+class Bank:
+    """A per-sample memory over the run's unlabelled training set, kept in the train state
+    (``state.bank[name]``: checkpointed, resumed, stacked in vectorized sweeps) and read by
+    pieces as ``ctx.bank[name]`` (rows: ``batch["index"]``; :meth:`Context.set_rows` writes them).
+
+    ``row(feature_dim, num_classes)`` is a row's shape. Before the first step, and then every
+    ``every`` steps (``every`` names the piece option holding the count; 0 there: once per pass
+    over the set; None: only before the first step), the trainer runs the current model in eval
+    mode over the whole set in sample order and sets the bank to ``fill(logits, features, options)``
+    (``(N, C)``, ``(N, d)`` and the piece's options) (:mod:`jtl.train.bank`)."""
+
+    row: Callable[[int, int], tuple[int, ...]]
+    dtype: Any
+    fill: Callable[[jax.Array, jax.Array, dict], jax.Array]
+    every: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Piece:
     """A loss piece and what it needs from the task, declared when it is registered:
 
@@ -73,7 +99,11 @@ class Piece:
     - ``needs_target`` (default True): it reads the unlabelled target batch of an adaptation run;
       when no piece of a run does, the target never enters the forward pass, not even its
       BatchNorm statistics (source-only training);
-    - ``phases``: ``phases(loss, cfg) -> [Phase]``, a step made of several updates (MCD).
+    - ``phases``: ``phases(loss, cfg) -> [Phase]``, a step made of several updates (MCD);
+    - ``needs_source`` (default True): it reads labelled source data; a source-free run
+      (``adapt.source_free``) accepts only pieces that declare False;
+    - ``banks``: ``{name: Bank}`` per-sample memories it keeps over the training set (their pieces
+      read ``batch["index"]``, each sample's id).
     """
 
     fn: Callable[..., jax.Array]
@@ -83,6 +113,8 @@ class Piece:
     views: tuple[str, ...] = ()
     phases: Callable | None = None
     needs_target: bool = True
+    needs_source: bool = True
+    banks: tuple[tuple[str, Bank], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,13 +131,14 @@ PIECES: dict[str, Piece] = {}
 
 
 def register(name: str, *, needs_anchor: bool = False, needs_teacher: bool = False, heads: dict | None = None,
-             views: tuple[str, ...] = (), needs_target: bool = True, phases: Callable | None = None):
+             views: tuple[str, ...] = (), needs_target: bool = True, phases: Callable | None = None,
+             needs_source: bool = True, banks: dict | None = None):
     """Decorator: make ``fn(ctx, **options) -> scalar`` available as loss piece ``name``,
     with the needs it declares (see :class:`Piece`)."""
 
     def wrap(fn):
         PIECES[name] = Piece(fn, needs_anchor or needs_teacher, needs_teacher, tuple(sorted((heads or {}).items())),
-                             tuple(views), phases, needs_target)
+                             tuple(views), phases, needs_target, needs_source, tuple(sorted((banks or {}).items())))
         return fn
 
     return wrap
@@ -121,6 +154,19 @@ def declared_heads(names) -> dict[str, Head]:
                 raise ConfigError(f"loss pieces {users} need different heads named {head_name!r}; "
                                   "use one of them per run")
             out[head_name] = head
+    return out
+
+
+def declared_banks(names) -> dict[str, tuple[str, Bank]]:
+    """The memory banks the pieces ``names`` keep: ``{bank name: (piece, Bank)}``; two different
+    banks of one name are an error (one bank shared by several pieces is fine)."""
+    out: dict[str, tuple[str, Bank]] = {}
+    for n in names:
+        for bank_name, bank in get_piece(n).banks:
+            if bank_name in out and out[bank_name][1] != bank:
+                raise ConfigError(f"loss pieces {out[bank_name][0]!r} and {n!r} keep different memory banks named "
+                                  f"{bank_name!r}; use one of them per run")
+            out.setdefault(bank_name, (n, bank))
     return out
 
 

@@ -45,6 +45,8 @@ def with_defaults(old: dict) -> dict:
         return out
 
     out = fill(old, json.loads(defaults().to_json_best_effort()))
+    if "loss" in old:  # a run's loss is its complete list, never merged with the default {"ce": 1.0}
+        out["loss"] = old["loss"]
     if isinstance(out.get("loss"), list):  # (name, weight) pairs, as configs were written before the mapping
         try:
             out["loss"] = loss_mapping(out["loss"]).to_dict()

@@ -43,7 +43,8 @@ def shard_batch(mesh: Mesh, batch: dict) -> dict:
 
 def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: dict, total_steps: int,
                  head: str = r"^(?!backbone/)", apply_head=None):
-    """``loss_fn(params, state, batch, rng) -> (total, (new_batch_stats, metrics))``.
+    """``loss_fn(params, state, batch, rng) -> (total, (new_batch_stats, metrics))``, with the new
+    memory banks as a third element when the state keeps banks (:class:`jtl.train.pieces.Bank`).
 
     ``apply_head(params, name, x, rng)``, when the model has extra heads, lets pieces apply them
     (``rng``: a fresh dropout key per application).
@@ -64,7 +65,8 @@ def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: d
         if apply_head is not None:  # each application draws its own dropout key (heads with dropout)
             head_key, calls = jax.random.fold_in(piece_key, 1 << 20), itertools.count()
             heads = lambda name, x: apply_head(params, name, x, jax.random.fold_in(head_key, next(calls)))  # noqa: E731
-        ctx = Context(params, state.anchor, batch, out, teacher, state.step / total_steps, piece_key, head, heads)
+        ctx = Context(params, state.anchor, batch, out, teacher, state.step / total_steps, piece_key, head, heads,
+                      None if state.bank is None else dict(state.bank))
         metrics, total = {}, 0.0
         for name, w, piece, opts in pieces:
             value = piece.fn(ctx, **opts)
@@ -75,6 +77,8 @@ def make_loss_fn(forward: Forward, loss: Sequence[tuple[str, float]], options: d
             total = total + w * value
         if "label" in batch:
             metrics["accuracy"] = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
+        if state.bank is not None:  # the memory banks as the pieces left them (Context.set_rows)
+            return total, (new_stats, metrics, ctx.bank)
         return total, (new_stats, metrics)
 
     return loss_fn
@@ -99,8 +103,9 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, *, accum: int = 1
     def step(state: TrainState, batch):
         key = jax.random.wrap_key_data(state.rng)
         key, sub = jax.random.split(key)
+        bank = ()  # the new memory banks, when the state keeps them (accum == 1 only)
         if accum == 1:
-            (loss, (stats, metrics)), grads = grad_fn(state.params, state, batch, sub)
+            (loss, (stats, metrics, *bank)), grads = grad_fn(state.params, state, batch, sub)
         else:
             micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
@@ -120,7 +125,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, *, accum: int = 1
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         new = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state,
-                            rng=jax.random.key_data(key))
+                            rng=jax.random.key_data(key), **({"bank": bank[0]} if bank else {}))
         return new, metrics
 
     return step

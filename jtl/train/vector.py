@@ -241,21 +241,25 @@ class VectorTrainer(Trainer):
     def _evaluate_members(self, state, step: int | None) -> list[dict]:
         results: list[dict] = [{} for _ in self.members]
         for label in self.task.eval_iterators:
-            outs = [([], [], []) for _ in self.members]
-            iterators = [task.eval_iterators[label]() for task in self.tasks]
-            for batches in zip(*iterators, strict=True):
-                batches = [dict(b) for b in batches]
-                masks = [np.asarray(b.pop("mask", np.ones(len(b["label"]), bool))) for b in batches]
-                for b in batches:
-                    check_finite_batch(b["image"], f"an input batch of eval split {label!r}")
-                out = jax.device_get(self.eval_step(state, jax.device_put(self._per_member(batches), self._batch_sh)))
-                for i, t in enumerate(self.task_of):
-                    outs[i][0].append(np.asarray(out["logits"][i])[masks[t]])
-                    outs[i][1].append(np.asarray(out["pooled"][i])[masks[t]])
-                    outs[i][2].append(np.asarray(batches[t]["label"])[masks[t]])
+            outs = self._member_passes(state, lambda task: task.eval_iterators[label], f"eval split {label!r}")
             for i, m in enumerate(self.members):
                 results[i][label] = record_eval(m, label, step, *outs[i])
         return results
+
+    def _member_passes(self, state, iterator_of, what: str) -> list[tuple[list, list, list]]:
+        """Per member, ``(logits, pooled, labels)`` batches of one ordered pass over its task's ``iterator_of(task)()``."""
+        outs = [([], [], []) for _ in self.members]
+        for batches in zip(*[iterator_of(task)() for task in self.tasks], strict=True):
+            batches = [dict(b) for b in batches]
+            masks = [np.asarray(b.pop("mask", np.ones(len(b["label"]), bool))) for b in batches]
+            for b in batches:
+                check_finite_batch(b["image"], f"an input batch of {what}")
+            out = jax.device_get(self.eval_step(state, jax.device_put(self._per_member(batches), self._batch_sh)))
+            for i, t in enumerate(self.task_of):
+                outs[i][0].append(np.asarray(out["logits"][i])[masks[t]])
+                outs[i][1].append(np.asarray(out["pooled"][i])[masks[t]])
+                outs[i][2].append(np.asarray(batches[t]["label"])[masks[t]])
+        return outs
 
     def _member_state(self, state, i: int):
         return jax.tree.map(lambda x: x[i], state)
