@@ -21,7 +21,7 @@ import pytest
 import slurm_cluster
 from train_helpers import one_line_error, run_jtl
 
-from jtl.sweep.runner import expand
+from jtl.sweep.runner import expand, run_sweep
 
 SWEEP = '''
 import sys
@@ -35,6 +35,8 @@ def get_sweep(arg=None):
     # Two vectorized groups of two: the second runs longer and checkpoints every step,
     # so that its job can be cancelled between two checkpoints.
     slow = {{"total_steps": 40, "checkpoint_every": 1, "keep_checkpoints": 2}}
+    if arg == "slow":
+        return [{{**slow, "optim.lr": lr}} for lr in (0.05, 0.1)]
     return [{{**extra, "optim.lr": lr}} for extra in ({{}}, slow) for lr in (0.05, 0.1)]
 
 def get_slurm(arg=None):
@@ -140,6 +142,29 @@ def test_slurm_sweep_equals_local_and_resumes_a_cancelled_job(slurm_env, sweep_f
             assert summary["resumed_from"] is None and summary["vectorized_members"] == 2
         assert _numbers(out / r.name) == _numbers(r.workdir), r.name
     assert _table(out) == _table(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_usr2_requeues_the_job_which_resumes(slurm_env, sweep_file, tmp_path, monkeypatch):
+    """What SLURM sends before a time limit or at pre-emption: submitit requeues the same job id,
+    and the requeued job resumes the group from its checkpoints, with the numbers of a run never stopped."""
+    for k, v in slurm_env.items():
+        monkeypatch.setenv(k, v)
+    config, out = f"{sweep_file}:slow", tmp_path / "slurm"
+    rc, log, err = run_jtl("sweep", "--config", config, "--workdir", out, "--launcher", "slurm")
+    assert rc == 0 and "2 to submit as 1 jobs" in log, log + err
+    local = run_sweep(config, tmp_path / "local", log=lambda *_: None)
+    job = json.loads((out / "sweep.json").read_text())["jobs"][local[0].name]
+    ckpts = out / local[0].name / "checkpoints"
+    _wait(lambda: ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()), 600, "no checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    _wait(lambda: job not in _squeue(slurm_env), 900, "the job did not finish")
+    logs = "".join(p.read_text() for p in (out / "slurm").glob(f"{job}/*log.*"))
+    assert "requeu" in logs.lower(), logs[-3000:]
+    assert json.loads((out / "sweep.json").read_text())["jobs"][local[0].name] == job  # not resubmitted
+    for r in local:
+        assert 1 <= json.loads((out / r.name / "summary.json").read_text())["resumed_from"] < 40
+        assert _numbers(out / r.name) == _numbers(r.workdir), r.name
 
 
 def test_unknown_partition_submits_nothing(slurm_env, sweep_file, tmp_path, monkeypatch):
