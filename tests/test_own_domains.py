@@ -207,6 +207,17 @@ def test_collect_selects_on_the_target_label(tmp_path):
     assert f"{expected:.2f}" in row, (row, picks)
 
 
+def test_per_class_table_rows_come_back_from_the_confusion_matrix():
+    """The report's per-class test accuracy is rebuilt from the final evaluation's confusion matrix."""
+    from jtl.results.da_report import _confusion_pairs
+
+    cm = np.array([[3, 1, 0], [0, 0, 2], [4, 0, 5]])
+    onehot, labels = _confusion_pairs(cm)
+    rebuilt = np.zeros_like(cm)
+    np.add.at(rebuilt, (labels, onehot.argmax(1)), 1)
+    assert (rebuilt == cm).all() and len(labels) == cm.sum()
+
+
 def test_da_results_refuses_bad_input_in_one_line(tmp_path):
     one_line_error(run_jtl("da-results", "--config", str(ROOT / "configs/da_folder.py"), "--methods", "dann,nope",
                            "--workdir", tmp_path), "unknown method or control nope")
@@ -301,7 +312,8 @@ def test_own_domains_study_selects_on_target_train_and_reads_test_last(tmp_path,
             assert len(sel["logits"]) == len(listed(tgt / "train"))
             im[method, seed] = _im(sel["logits"].astype(np.float64))
             acc[method, seed] = float(np.mean(RunModel(wd).logits(test_x).argmax(-1) == test_y))
-            assert json.loads((wd / "eval_target_test_step6.json").read_text())["top1"] == pytest.approx(acc[method, seed])
+            kept = json.loads((wd / "eval_target_test_step6.json").read_text())
+            assert kept["top1"] == pytest.approx(acc[method, seed])
         row = _cells(next(ln for ln in lines[head:] if ln.startswith(f"| {method} |")))
         a, i = np.array([acc[method, s] for s in (0, 1)]), np.array([im[method, s] for s in (0, 1)])
         assert row[1] == f"{100 * a.mean():.2f} +- {100 * a.std():.2f}"
@@ -310,4 +322,5 @@ def test_own_domains_study_selects_on_target_train_and_reads_test_last(tmp_path,
     im_row = _cells(next(ln for ln in lines if ln.startswith("| im |")))
     assert im_row[1] == ", ".join(picks)
     assert im_row[2].startswith(f"{100 * np.mean([acc[m, s] for m, s in zip(picks, (0, 1))]):.2f} +- ")
-    assert re.search(r"\| source_only \| \d\.\d{3} \|", text) and (tmp_path / "fig" / "tsne_folder_source_only.png").is_file()
+    assert re.search(r"\| source_only \| \d\.\d{3} \|", text)  # its proxy A-distance
+    assert (tmp_path / "fig" / "tsne_folder_source_only.png").is_file()

@@ -53,15 +53,17 @@ def analysis(study: Study, rows: dict, seed: int, figures: Path, doc_dir: Path) 
     accuracy of source_only and of the method IM picks (features: the final predictions of
     ``source_label`` and ``select_label``; per-class accuracy: the final evaluation)."""
     from jtl.analysis import per_class_table, proxy_a_distance, tsne_plot  # noqa: PLC0415
+    from jtl.train import record  # noqa: PLC0415 - the run's class names
 
     src, tgt = study.source_label, study.select_label
     lines = [f"### {study.name}: representations (seed {seed}, final checkpoint)", "",
              f"Proxy A-distance between `{src}` and `{tgt}` bottleneck features (a linear domain classifier's "
              "held-out error eps: d_A = 2 (1 - 2 eps); lower = less separable domains):", "",
              "| method | proxy A-distance |", "|---|---:|"]
-    of_seed = {m: next(r for r in rs if r["seed"] == seed) for m, rs in rows.items() if any(r["seed"] == seed for r in rs)}
+    of_seed = {m: r for m, rs in rows.items() for r in rs if r["seed"] == seed}
     for method, r in of_seed.items():
-        lines.append(f"| {method} | {proxy_a_distance(_predictions(r, src)['features'], _predictions(r, tgt)['features']):.3f} |")
+        d = proxy_a_distance(_predictions(r, src)["features"], _predictions(r, tgt)["features"])
+        lines.append(f"| {method} | {d:.3f} |")
     picked = choose({m: rs for m, rs in rows.items() if m != "source_only"}, seed, "im")
     lines.append("")
     figures.mkdir(parents=True, exist_ok=True)
@@ -74,8 +76,9 @@ def analysis(study: Study, rows: dict, seed: int, figures: Path, doc_dir: Path) 
                   title=f"{study.name}: {method} (seed {seed})")
         rel = png.relative_to(doc_dir) if png.is_relative_to(doc_dir) else png
         onehot, labels = _confusion_pairs(of_seed[method]["final"]["confusion_matrix"])
+        names = record.read(of_seed[method]["workdir"])["classes"]
         lines += [f"![t-SNE of {method} features]({rel})", "",
-                  per_class_table(onehot, labels, title=f"{study.name}: {method}, per-class target accuracy on "
+                  per_class_table(onehot, labels, names, title=f"{study.name}: {method}, per-class target accuracy on "
                                   f"`{study.test_label}` (oracle: uses target labels)"), ""]
     return lines
 
@@ -160,7 +163,8 @@ def command_line(args) -> str:
     """The ``jtl da-results`` command that makes this report (its options as given or defaulted)."""
     words = [w for c in args.config for w in ("--config", c)] + (["--name", args.name] if args.name else [])
     words += ["--methods", args.methods, "--controls", args.controls, "--seeds", args.seeds]
-    words += [w for o in args.override for w in ("--override", o)] + [f"--{o}" for o in args.overrides]  # "config.KEY=VALUE"
+    words += [w for o in args.override for w in ("--override", o)]
+    words += [f"--{o}" for o in args.overrides]  # each "config.KEY=VALUE"
     if args.figures:
         words += ["--figures", args.figures]
     return "jtl da-results " + shlex.join(words)
