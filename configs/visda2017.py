@@ -32,9 +32,11 @@ CHANGES = {
 
 
 def make_config(method, task, seed, *, arch, steps):
-    return tllib_config(method, source="visda2017:synthetic", target="visda2017:real", eval_split="test",
-                        num_classes=12, arch=arch, image_size=224, changes=CHANGES.get(method), seed=seed,
-                        steps=steps, augment=("flip",))
+    c = tllib_config(method, source="visda2017:synthetic", target="visda2017:real", eval_split="test",
+                     num_classes=12, arch=arch, image_size=224, changes=CHANGES.get(method), seed=seed,
+                     steps=steps, augment=("flip",))
+    c.best_metric = "target_test/macro_recall"  # TLlib's VisDA score: the mean of the per-class accuracies
+    return c
 
 
 get_config, get_sweep = entry_points(make_config, TASKS, "resnet101")

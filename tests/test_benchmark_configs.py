@@ -52,7 +52,7 @@ TLLIB = [
     ("office_home.py:mdd,task=Rw2Pr", {"total_steps": 30 * 1000, "adapt.bottleneck_dim": 2048}),
     ("office_home.py:mcd,task=Ar2Cl", {"loss.mcd": 30.0, "total_steps": 20 * 500}),
     ("visda2017.py:mdd", {"model.name": "resnet101", "batch_size": 36, "total_steps": 30 * 1000,
-                          "data.augment": ("flip",)}),
+                          "data.augment": ("flip",), "best_metric": "target_test/macro_recall"}),
     ("visda2017.py:afn", {"loss_options.afn.delta": 0.3, "total_steps": 10 * 1000, "batch_size": 36}),
     ("domainnet.py:cdan,task=c2p", {"loss_options.cdan.randomized": True, "loss_options.cdan.dim": 51200,
                                     "adapt.bottleneck_dim": 1024, "total_steps": 30 * 2500,
