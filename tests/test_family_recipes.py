@@ -7,6 +7,7 @@ BatchNorm statistics stay bit-identical, the rest moves), the loss at the start 
 training (it falls), an uninterrupted single run for the sweep (members equal runs alone).
 """
 
+import dataclasses
 import json
 import re
 
@@ -15,9 +16,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from jtl.models.backbones import FAMILIES, register_family
 from jtl.train.loop import Trainer
 from jtl.train.vector import VectorTrainer
 from train_helpers import tiny_config
+
+SMALL_SWIN = "swin_small_test"
 
 # (arch, module that registers its family, freeze regex: the family's input end). About 3
 # CPU-minutes each: in `make test-slow`; `make test` walks a toy family through fine-tuning
@@ -30,8 +34,26 @@ CASES = [
     pytest.param("mobilenet_v3_large", "jtl.models.mobilenet", r"^backbone/features_[0-3]/", id="mobilenet"),
     pytest.param("densenet121", "jtl.models.densenet", r"^backbone/(conv0|norm0|denseblock1)/", id="densenet"),
     pytest.param("alexnet", "jtl.models.vgg", r"^backbone/features_[0-3]/", id="alexnet"),  # at 64 px (its 11x11/4 stem)
+    pytest.param("timm_efficientnet_b0", "jtl.models.efficientnet", r"^backbone/features_(0|1_\d)/", id="efficientnet"),
+    pytest.param("inception_v3", "jtl.models.inception", r"^backbone/Conv2d_", id="inception"),  # at 75 px, its least
+    pytest.param(SMALL_SWIN, "jtl.models.swin", r"^backbone/(patch_embed|layers_0)/", id="swin"),
 ]
-# Swin-T takes only multiples of 224 px (its windows): a 30-step run at 224 px is left to GPU machines.
+SIZES = {"alexnet": 64, "inception_v3": 75}
+
+
+@pytest.fixture(autouse=True)
+def _small_swin():
+    """Swin-T's sides must be multiples of 224 px (its 7x7 windows at every stage): the Swin
+    case is the same module with 2x2 patches, 2x2 windows and two stages (32 px: 16x16 and
+    8x8 maps of whole, shifted windows), registered as a family for this module only."""
+    from jtl.models import swin
+
+    arch = {**swin.ARCHS["swin_tiny_patch4_window7_224"], "embed_dim": 24, "depths": (2, 2), "num_heads": (2, 4),
+            "window_size": 2, "patch_size": 2}
+    register_family(dataclasses.replace(swin.FAMILY, name="swin_small_test", archs={SMALL_SWIN: arch},
+                                        torch_archs=(), docs={}))
+    yield
+    FAMILIES.pop("swin_small_test")
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +62,7 @@ def _data_dir(tmp_path_factory, monkeypatch):
 
 
 def _cfg(arch, **kw):
-    base = {"model.name": arch, "data.image_size": 64 if arch == "alexnet" else 32, "data.channels": 3, "batch_size": 16, "total_steps": 30,
+    base = {"model.name": arch, "data.image_size": SIZES.get(arch, 32), "data.channels": 3, "batch_size": 16, "total_steps": 30,
             "optim.name": "adamw", "optim.lr": 1e-3, "optim.weight_decay": 0.01, **kw}
     return tiny_config(**base)
 
