@@ -166,6 +166,8 @@ def train_members(config: str, sweep_dir: str | Path, extra: Sequence[str], name
         raise ConfigError(f"{config} no longer defines the runs {', '.join(missing)} of {sweep_dir}; "
                           "was the config file edited after the sweep was launched?")
     group = [by_name[n] for n in names if not (by_name[n].workdir / "summary.json").exists()]
+    for r in group:
+        (r.workdir / runinfo.FAILED_FILE).unlink(missing_ok=True)  # a resubmitted run that failed is retried
     if group:
         train_group(group, log)
     return {n: (by_name[n].status, by_name[n].error) if by_name[n] in group else ("skipped", "") for n in names}

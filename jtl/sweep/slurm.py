@@ -151,14 +151,18 @@ def partitions() -> list[str] | None:
     return sorted(set(r.stdout.split())) if r.returncode == 0 else None
 
 
-def queue() -> dict[str, str]:
-    """This user's jobs still in the queue: job id (array tasks as ``ID_TASK``) -> state. {} without squeue."""
-    if shutil.which("squeue") is None:
-        return {}
+def queue(strict: bool = False) -> dict[str, str]:
+    """This user's jobs still in the queue: job id (array tasks as ``ID_TASK``) -> state. {} if ``squeue``
+    cannot tell (``strict``: a one-line error instead, as a submission must not guess)."""
     try:
         r = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"],
                            capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired):
+        if r.returncode != 0:
+            raise OSError((r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1])
+    except (OSError, subprocess.TimeoutExpired) as e:
+        if strict:
+            raise JtlError(f"squeue cannot list the queue ({e}), so the queued runs are unknown; "
+                           "nothing was submitted, retry when the SLURM controller answers") from None
         return {}
     jobs = dict(line.split("|", 1) for line in r.stdout.split() if "|" in line)
     return {j: s for j, s in jobs.items() if s not in ENDED}
@@ -185,10 +189,10 @@ def launch(config: str, sweep_dir: str | Path, extra: Sequence[str], opts: Slurm
            max_members: int = 32, wait: bool = False, log=print) -> list[runner.Run]:
     """Submit the groups of the sweep that are neither finished nor queued, as one job array."""
     check_ready(opts)
+    queued = queue(strict=True)
     sweep_dir = Path(sweep_dir).absolute()
     runs = runner.prepare(config, sweep_dir, extra)
     jobs = runner.read_manifest(sweep_dir).get("jobs", {})
-    queued = queue()
     for r in runs:
         if r.status == "pending" and jobs.get(r.name) in queued:
             r.status = "queued"
@@ -200,7 +204,6 @@ def launch(config: str, sweep_dir: str | Path, extra: Sequence[str], opts: Slurm
         ids = _submit(config, sweep_dir, extra, groups, opts)
         for group, job_id in zip(groups, ids):
             for r in group:
-                (r.workdir / "failed.json").unlink(missing_ok=True)  # a resubmission retries a failed run
                 jobs[r.name] = job_id
                 r.status = "queued"
         runner.runinfo.write_json(sweep_dir / runner.SWEEP_FILE, {**runner.read_manifest(sweep_dir), "jobs": jobs})
