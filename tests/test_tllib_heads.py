@@ -122,12 +122,13 @@ def test_discriminator_shapes(norm):
 
 def test_default_switches_build_jtl_heads_unchanged():
     """The switches' defaults give the very variables the plain TransferModel draws."""
-    for method in ("mdd", "mcd", "dann"):
-        model = build_model(cfg_of(method, **{"adapt.bottleneck_dim": 16}))
-        plain = TransferModel("cifar_resnet8", C, 16, model.heads, 32)
-        a, b = (head_variables(m, 3) for m in (model, plain))
-        assert jax.tree.structure(a) == jax.tree.structure(b)
-        jax.tree.map(np.testing.assert_array_equal, a, b)
+    every_head = {"ce": 1.0, "dann": 1.0, "mdd": 1.0, "mcd": 1.0}  # disc, adv and head2 at once
+    model = build_model(cfg_of("mdd", **{"adapt.bottleneck_dim": 16, "loss": every_head}))
+    assert [name for name, _, _ in model.heads] == ["adv", "disc", "head2"]
+    plain = TransferModel("cifar_resnet8", C, 16, model.heads, 32)
+    a, b = (head_variables(m, 3) for m in (model, plain))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def test_unknown_switch_value_is_one_line():
