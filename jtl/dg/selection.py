@@ -141,11 +141,15 @@ class Table:
 
 
 def tables(runs: list[DGRun], methods=tuple(METHODS)) -> list[Table]:
-    """DomainBed's tables: rows algorithms (first-seen order), columns the held-out domains."""
+    """DomainBed's tables: rows algorithms (in :data:`jtl.methods.DG_METHODS` order), columns the
+    held-out domains."""
     if not runs:
         raise ConfigError("no finished domain-generalization runs (config.json with dg.domains and summary.json)")
     names = runs[0].names
-    algorithms = list(dict.fromkeys(r.algorithm for r in runs))
+    from jtl.methods import DG_METHODS  # noqa: PLC0415
+
+    order = {name: i for i, name in enumerate(DG_METHODS)}  # jtl's algorithms in their order, others after
+    algorithms = sorted(dict.fromkeys(r.algorithm for r in runs), key=lambda a: order.get(a, len(order)))
     domains = sorted({r.test[0] for r in runs if len(r.test) == 1})
     seeds = sorted({r.seed for r in runs})
     out = []
@@ -174,6 +178,8 @@ def render_markdown(table: Table) -> str:
         lines.append("| " + " | ".join([algorithm, *cells, avg]) + " |")
     n = {len(v) for row in table.cells.values() for v in row.values()}
     lines += ["", f"(trial seeds per cell: {', '.join(map(str, sorted(n)))})"]
+    if n == {0} and table.method == "lodo":
+        lines[-1] = "(no leave-one-domain-out runs: sweep with lodo=1 to fill this table)"
     return "\n".join(lines) + "\n"
 
 
