@@ -115,10 +115,10 @@ def plot_adaptation(rows: dict[str, dict], out: Path) -> None:
     ax.bar([i + 0.2 for i in x], [100 * rows[n]["target"] for n in names], 0.4, label="target test")
     ax.set_xticks(list(x), names)
     ax.set_ylabel("top-1 (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 110)
     ax.set_title("Fashion-MNIST -> noisy Fashion-MNIST, cifar_resnet8")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
 
