@@ -20,13 +20,18 @@ def _losses(wd):
     return np.array([json.loads(x)["train/loss"] for x in (wd / "metrics.jsonl").read_text().splitlines()])
 
 
-def _assert_members_equal_solo(cfgs, tmp_path, rtol=1e-5):
+def _assert_members_equal_solo(cfgs, tmp_path, rtol=1e-5, late=None):
+    """Each member's losses equal its run alone's within ``rtol``; ``late = (step, rtol)``
+    allows ``rtol`` from that step on, for games that amplify float roundoff."""
     summaries = VectorTrainer(cfgs, [tmp_path / f"v{i}" for i in range(len(cfgs))]).run()
     for i, cfg in enumerate(cfgs):
         solo = Trainer(cfg, tmp_path / f"s{i}").run()
         lv, ls = _losses(tmp_path / f"v{i}"), _losses(tmp_path / f"s{i}")
         assert len(lv) == len(ls) == cfg.total_steps
-        np.testing.assert_allclose(lv, ls, rtol=rtol, err_msg=f"member {i}")
+        k = late[0] if late else len(lv)
+        np.testing.assert_allclose(lv[:k], ls[:k], rtol=rtol, err_msg=f"member {i}")
+        if late:
+            np.testing.assert_allclose(lv[k:], ls[k:], rtol=late[1], err_msg=f"member {i}, from step {k + 1}")
         for label, m in solo["final"].items():
             assert abs(summaries[i]["final"][label]["top1"] - m["top1"]) <= 1 / 200, (i, label)
         # Each member wrote what a run alone writes.
@@ -42,7 +47,11 @@ def test_dann_members_equal_runs_alone_over_50_steps(tmp_path):
             for w, lr, seed in ((1.0, 0.004, 0), (0.3, 0.002, 0), (0.1, 0.004, 1))]
     assert plan_groups(cfgs) == [[0, 1, 2]]
     assert sorted(swept_values(cfgs)) == ["loss.dann", "optim.lr"]
-    _assert_members_equal_solo(cfgs, tmp_path)
+    # A member's convolutions sum in another order than the run alone's (vmapped kernels):
+    # 1e-6 apart at step 7, and DANN's adversarial game amplifies that to 5e-5 by step 32
+    # (member 2, measured with the target adapted on all its images). The first 25 steps and
+    # the final evaluations are held to the bounds of the other tests.
+    _assert_members_equal_solo(cfgs, tmp_path, late=(25, 2e-4))
 
 
 def test_classification_members_with_weight_decay_and_momentum(tmp_path):
