@@ -13,7 +13,7 @@ each method's zero-weight control, on a Fashion-MNIST shift (docs/source-free.md
    to score; no run reads them, and no choice is made with them (final checkpoints).
 
     .venv/bin/python scripts/sfda_results.py --methods shot,nrc --seeds 0,1,2 \\
-        --workdir runs/sfda --out sfda_results.md --source-override total_steps=700 --sequential
+        --workdir runs/sfda --out sfda_results.md --source-override total_steps=700 --sequential --shared-control
 """
 
 from __future__ import annotations
@@ -56,11 +56,12 @@ def source_models(shift: str, seeds: list[int], root: Path, extra: list[str]) ->
 
 
 def adapt(shift: str, method: str, seeds: list[int], root: Path, sources: Path, extra: list[str],
-          vectorize: bool) -> dict:
-    """``{"method": {seed: top1}, "control": {seed: top1}}`` of the method's sweep (with controls)."""
+          vectorize: bool, controls: bool = True) -> dict:
+    """``{"method": {seed: top1}, "control": {seed: top1}}`` of the method's sweep (with its controls)."""
     from jtl.sweep.runner import run_sweep  # noqa: PLC0415
 
-    arg = f"{method},init={sources},controls=1,target={TARGETS[shift]},seeds={':'.join(map(str, seeds))}"
+    arg = (f"{method},init={sources},controls={int(controls) or ''},target={TARGETS[shift]},"
+           f"seeds={':'.join(map(str, seeds))}")
     runs = run_sweep(f"{ROOT}/configs/sfda_fmnist.py:{arg}", root / shift / method, ["progress=False"] + extra,
                      vectorize=vectorize)
     out: dict[str, dict[int, float]] = {"method": {}, "control": {}}
@@ -100,6 +101,9 @@ def main(argv=None) -> None:
     p.add_argument("--source-override", action="append", default=[], help="KEY=VALUE for the source runs")
     p.add_argument("--sources", help="use these source runs (DIR/seed<S>) instead of training them")
     p.add_argument("--override", action="append", default=[], help="KEY=VALUE for the adaptation runs")
+    p.add_argument("--shared-control", action="store_true",
+                   help="train the zero-weight controls with the first method only and show them beside every "
+                        "method: with every loss weight 0 no piece moves the model, so the controls are the same runs")
     p.add_argument("--sequential", action="store_true",
                    help="adaptation runs one after another (on a CPU faster than one vectorized program)")
     args = p.parse_args(argv)
@@ -110,8 +114,12 @@ def main(argv=None) -> None:
         sources = source_models(args.shift, seeds, root, args.source_override)
     source = {s: top1(sources[s]) for s in seeds if s in sources}
     links = Path(args.sources) if args.sources else root / args.shift / "source_by_seed"
-    results = {m: adapt(args.shift, m, sorted(source), root, links, args.override, not args.sequential)
-               for m in args.methods.split(",")}
+    results = {}
+    for i, m in enumerate(args.methods.split(",")):
+        results[m] = adapt(args.shift, m, sorted(source), root, links, args.override, not args.sequential,
+                           controls=i == 0 or not args.shared_control)
+        if args.shared_control:
+            results[m]["control"] = results[next(iter(results))]["control"]
     lines = table(args.shift, source, results)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

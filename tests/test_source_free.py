@@ -236,3 +236,72 @@ def resolve_head(workdir):
     from jtl.train.checkpoint import restore_variables
 
     return np.asarray(restore_variables(workdir, "latest")["params"]["head"]["kernel"])
+
+
+def test_checkpoint_written_before_banks_existed_resumes(tmp_path):
+    """A train state checkpointed before ``TrainState.bank`` existed restores into today's state
+    (bank None), and is not taken for a damaged checkpoint."""
+    from flax import struct
+
+    from jtl.train.checkpoint import Checkpoints
+    from jtl.train.state import TrainState
+
+    @struct.dataclass
+    class Before:  # TrainState's fields before the memory banks
+        step: jax.Array
+        params: dict
+        batch_stats: dict
+        opt_state: tuple
+        rng: jax.Array
+        anchor: dict | None = None
+
+    old = Before(jnp.int32(3), {"w": jnp.arange(3.0)}, {"m": jnp.ones(2)}, (jnp.zeros(3),), jnp.arange(2, dtype=jnp.uint32))
+    ckpt = Checkpoints(tmp_path / "checkpoints", async_save=False)
+    ckpt.save(3, old, {"next_index": 7})
+    ckpt.close()
+    new = TrainState(*(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), getattr(old, f))
+                       for f in ("step", "params", "batch_stats", "opt_state", "rng")))
+    ckpt = Checkpoints(tmp_path / "checkpoints", async_save=False)
+    state, data, step = ckpt.restore_latest(new)
+    ckpt.close()
+    assert isinstance(state, TrainState) and state.bank is None and state.anchor is None
+    assert step == 3 and data == {"next_index": 7}
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), [0.0, 1.0, 2.0])
+    assert not (tmp_path / "checkpoints.corrupt").exists()
+
+
+def test_source_free_mistakes_are_one_line_errors(source_run, tmp_path):
+    """Source data in the loss, or a model.init that is not a run directory: exit 2, one line."""
+    config = tmp_path / "sfda.py"
+    config.write_text(f"""
+def get_config(arg=None):
+    loss, init = arg.split("@")
+    return {{"model": {{"name": "cifar_resnet8", "num_classes": 10, "init": init}},
+            "data": {{"train": "{TARGET}", "eval": ("{TARGET}:test",), "image_size": 8, "channels": 1}},
+            "adapt": {{"target": "{TARGET}", "bottleneck_dim": 32, "source_free": True}},
+            "loss": {{loss: 1.0}}, "batch_size": 16, "total_steps": 2, "progress": False}}
+""")
+    one_line_error(run_jtl("train", "--config", f"{config}:ce@{source_run}", "--workdir", tmp_path / "a"),
+                   "loss pieces ['ce'] read labelled source data")
+    one_line_error(run_jtl("train", "--config", f"{config}:shot@{tmp_path}", "--workdir", tmp_path / "b"),
+                   "starts from a source run's directory")
+    one_line_error(run_jtl("train", "--config", f"{config}:shot@{source_run}", "--workdir", tmp_path / "c",
+                           "--config.adapt.bottleneck_dim=16"), "bottleneck/", "keeps the source model")
+
+
+@pytest.mark.slow
+def test_seeds_vectorized_equal_runs_alone(source_run, tmp_path):
+    """Two seeds (each its own target split and banks) trained as one vmapped program equal the runs alone."""
+    from jtl.train.vector import VectorTrainer, plan_groups
+
+    cfgs = [sfda_config(source_run, BOTH, seed=s, total_steps=5, checkpoint_every=0) for s in (0, 1)]
+    assert plan_groups(cfgs) == [[0, 1]]
+    vector = VectorTrainer(cfgs, [tmp_path / "v0", tmp_path / "v1"])
+    vector.run()
+    for i, cfg in enumerate(cfgs):
+        solo = Trainer(cfg, tmp_path / f"s{i}")
+        solo.run()
+        loss = lambda wd: [r["train/loss"] for r in _rows(wd)]
+        np.testing.assert_allclose(loss(tmp_path / f"v{i}"), loss(tmp_path / f"s{i}"), rtol=1e-5)
+        for name, bank in solo.state.bank.items():
+            np.testing.assert_allclose(np.asarray(vector.state.bank[name][i]), np.asarray(bank), rtol=1e-4, atol=1e-5)

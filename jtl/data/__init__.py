@@ -66,6 +66,7 @@ drop_remainder=None, output="float32")`` yields ``{"image": float32 (B, H, W, C)
   source), ``(mean, std)``, or None (x / 255).
 - ``output="uint8"`` leaves the cast and normalisation to the device:
   ``preprocess_on_device(batch, it.mean, it.std, channels)`` inside the jitted step.
+- ``with_index=True`` adds ``"index"``: int32 (B,), each example's position in ``source`` (its id).
 - ``it.get_state()`` is ``{"next_index": k}``; ``it.set_state(state)`` resumes exactly.
 
 ``paired_iterator(source_iter, target_iter)`` yields ``{"source": batch, "target": batch}``

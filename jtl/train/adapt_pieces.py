@@ -6,8 +6,10 @@ discriminator ``disc`` (``dann``, ``cdan``, ``wdgrl``), MDD's adversarial classi
 ``adv``, MCD's second classifier ``head2``. Adversarial pieces put :func:`jtl.losses.grl`
 between features and head, with the warm-up ``lambda_p = 2 / (1 + exp(-alpha p)) - 1``
 (``p`` = training progress). ``fixmatch`` declares the ``strong`` view of the target batch;
-``mcd`` declares its three-update step (:func:`mcd_phases`). The task reads these
-declarations (:mod:`jtl.train.pieces`) and names no piece.
+``mcd`` declares its three-update step (:func:`mcd_phases`); ``shot`` and ``nrc`` the memory
+banks they keep over the target set (:class:`jtl.train.pieces.Bank`), and the target-only
+pieces ``needs_source=False`` (source-free runs, :mod:`jtl.train.source_free`). The task
+reads these declarations (:mod:`jtl.train.pieces`) and names no piece.
 """
 
 from __future__ import annotations
