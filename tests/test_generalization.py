@@ -397,3 +397,15 @@ def test_dg_sweep_and_domainbed_table(other, n_hparams, seeds, tmp_path):
         line = next(x for x in out.splitlines() if x.startswith(f"| {algorithm} |"))
         assert line == f"| {algorithm} | {cell} | {np.mean(accs):.1f} |", (line, out)
     assert "Test-domain validation (oracle" in out
+
+
+def test_cli_refuses_bad_dg_arguments_in_one_line(tmp_path):
+    from train_helpers import one_line_error, run_jtl
+
+    one_line_error(run_jtl("train", "--config", "configs/dg_rotated_fmnist.py:erm,test=9", "--workdir",
+                           tmp_path / "a"), "dg.test", "0..5")
+    one_line_error(run_jtl("train", "--config", "configs/dg_rotated_fmnist.py:dann", "--workdir", tmp_path / "b"),
+                   "unknown domain-generalization algorithm 'dann'")
+    one_line_error(run_jtl("sweep", "--config", "configs/dg_rotated_fmnist.py:sweep,algorithms=erm+foo",
+                           "--workdir", tmp_path / "c"), "'foo'")
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").rglob("summary.json"))
