@@ -12,7 +12,7 @@
 Every run is an ordinary ``jtl train`` run in its own sub-directory (finished runs are
 skipped when the script is run again).
 
-    .venv/bin/python scripts/rank_checkpoints.py --workdir out/rank --limit 100 --seeds 0,1
+    .venv/bin/python scripts/rank_checkpoints.py --workdir out/rank --limit 100 --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=100, help="target labels (scored and fine-tuned on)")
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps (batch: half the labels, at most 128)")
     p.add_argument("--steps-pretrain", type=int, default=150, help="pretraining steps (batch 128)")
-    p.add_argument("--seeds", default="0,1", help="fine-tuning seeds")
+    p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds")
     p.add_argument("--out", default="", help="also write the markdown table here")
     a = p.parse_args(argv)
     import numpy as np  # noqa: PLC0415
