@@ -21,7 +21,7 @@ from jtl.models.layers import BatchNorm
 from jtl.tta.adapter import Adapter, estimate_fisher
 from jtl.tta.params import adapt_labels, adapt_mask, make_tta_optimizer
 from jtl.tta.steps import Options
-from loss_helpers import check_grad, np_softmax, rand, x64  # noqa: F401 (x64: autouse fixture)
+from loss_helpers import J, check_grad, jgrad, np_softmax, rand, x64  # noqa: F401 (x64: autouse fixture)
 from train_helpers import one_line_error, run_jtl, tiny_config
 
 C = 3
@@ -58,19 +58,19 @@ def test_eata_entropy_and_selection_against_numpy():
         p = np_softmax(z)
         cos = p @ m / (np.linalg.norm(p, axis=1) * max(np.linalg.norm(m), 1e-300))
         d = float(np.sort(np.abs(cos))[5] + 1e-9) if m.any() else 0.4
-        mask, w = L.eata_selection(jnp.asarray(z), jnp.asarray(m), e_margin=e0, d_margin=d)
+        mask, w = J.eata_selection(z, m, e_margin=e0, d_margin=d)
         ref_mask, ref_w = np_eata_parts(z, m, e0, d)
         np.testing.assert_array_equal(np.asarray(mask), ref_mask)
         np.testing.assert_allclose(np.asarray(w), ref_w, rtol=1e-12)
         assert 0 < ref_mask.sum() < len(z)
-        value = L.eata_entropy(jnp.asarray(z), jnp.asarray(m), e_margin=e0, d_margin=d)
+        value = J.eata_entropy(z, m, e_margin=e0, d_margin=d)
         np.testing.assert_allclose(float(value), np_eata_entropy(z, m, e0, d), rtol=1e-12)
         frozen = np_eata_parts(z, m, e0, d)
         check_grad(lambda a: L.eata_entropy(a, jnp.asarray(m), e_margin=e0, d_margin=d),
                    lambda a: np_eata_entropy(a, m, e0, d, frozen), z)
     # nothing selected: 0, and no gradient
-    assert float(L.eata_entropy(jnp.asarray(z), jnp.zeros(C), e_margin=0.0, d_margin=0.4)) == 0.0
-    g = jax.grad(lambda a: L.eata_entropy(a, jnp.zeros(C), e_margin=0.0, d_margin=0.4))(jnp.asarray(z))
+    assert float(J.eata_entropy(z, np.zeros(C), e_margin=0.0, d_margin=0.4)) == 0.0
+    g = jgrad(lambda a: L.eata_entropy(a, jnp.zeros(C), e_margin=0.0, d_margin=0.4))(jnp.asarray(z))
     np.testing.assert_array_equal(np.asarray(g), 0.0)
 
 
@@ -351,6 +351,19 @@ def test_resnet_adapts_batchnorm_only():
     bn_modules = {"/".join(k[:-1]) for k in flatten_dict(v["batch_stats"])}  # the BatchNorms, by their statistics
     adapted = {p.rpartition("/")[0] for p, lab in flat.items() if lab == "adapt"}
     assert adapted == bn_modules and all(p.endswith(("scale", "bias")) for p, lab in flat.items() if lab == "adapt")
+
+
+def test_layernorm_family_adapts_its_layernorms():
+    from flax.traverse_util import flatten_dict
+
+    from jtl.models.transfer import TransferModel
+
+    v = jax.eval_shape(TransferModel("vit_tiny_patch16_224", 10).init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+    labels = flatten_dict(adapt_labels(v["params"]))
+    adapted = {"/".join(k) for k, lab in labels.items() if lab == "adapt"}
+    # ViT's LayerNorms: norm1 and norm2 of each of the 12 blocks and the final norm (timm's names)
+    expected = {f"backbone/blocks_{i}/{n}/{p}" for i in range(12) for n in ("norm1", "norm2") for p in ("scale", "bias")}
+    assert adapted == expected | {"backbone/norm/scale", "backbone/norm/bias"}
 
 
 # ---------------------------------------------------------------- Fisher, and the command line
