@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     for s in (int(x) for x in args.seeds.split(",")):
         workdir = args.runs / f"seed{s}"
         # one file per seed and setting: a finished seed is read back, so the script resumes
-        cache = workdir / f"tta_{args.split}_sev{args.severity}_b{args.batch_size}_lr{args.lr}_fa{args.fisher_alpha}.json"
+        setting = f"{args.split}_sev{args.severity}_b{args.batch_size}_lr{args.lr}_fa{args.fisher_alpha}"
+        cache = workdir / f"tta_{setting}.json"
         done = json.loads(cache.read_text()) if cache.exists() else {}
         missing = [m for m in methods if not all(c in done.get(m, {}) for c in corruptions)]
         if missing and not args.table_only:

@@ -102,7 +102,8 @@ def test_fisher_penalty_against_numpy():
     fisher = {"a": np.abs(rand(3, 2, seed=8)), "b": {"c": np.abs(rand(5, seed=9))}}
 
     def np_pen(a, c):
-        return float(np.sum(fisher["a"] * (a - anchor["a"]) ** 2) + np.sum(fisher["b"]["c"] * (c - anchor["b"]["c"]) ** 2))
+        return float(np.sum(fisher["a"] * (a - anchor["a"]) ** 2)
+                     + np.sum(fisher["b"]["c"] * (c - anchor["b"]["c"]) ** 2))
 
     np.testing.assert_allclose(float(L.fisher_penalty(params, anchor, fisher)), np_pen(params["a"], params["b"]["c"]),
                                rtol=1e-12)
@@ -192,7 +193,8 @@ def test_tent_online_update_equals_numpy_sgd_on_batchnorm_affine(norm_stats):
     use_batch = norm_stats == "batch"
     theta, trace = theta_of(v["params"]), np.zeros(12)
     for k, x in enumerate(xs):
-        np.testing.assert_allclose(out["logits"][8 * k: 8 * k + 8], np_logits(v, theta, x, use_batch), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(out["logits"][8 * k: 8 * k + 8], np_logits(v, theta, x, use_batch),
+                                   rtol=1e-9, atol=1e-9)
         g = fd_grad(lambda t: np.mean(np_entropy_rows(np_logits(v, t, x, use_batch))), theta)
         trace = g + mom * trace
         theta = theta - lr * trace
@@ -245,7 +247,8 @@ def test_eata_fisher_and_online_updates_equal_numpy():
         selected.append(int(mask.sum()))
         if mask.any():
             def loss(t, x=x, frozen=(mask, w)):
-                return np_eata_entropy(np_logits(v, t, x), None, e0, None, frozen) + alpha * np.sum(F * (t - theta0) ** 2)
+                entropy = np_eata_entropy(np_logits(v, t, x), None, e0, None, frozen)
+                return entropy + alpha * np.sum(F * (t - theta0) ** 2)
 
             trace = fd_grad(loss, theta) + mom * trace
             theta = theta - lr * trace
@@ -362,7 +365,8 @@ def test_layernorm_family_adapts_its_layernorms():
     labels = flatten_dict(adapt_labels(v["params"]))
     adapted = {"/".join(k) for k, lab in labels.items() if lab == "adapt"}
     # ViT's LayerNorms: norm1 and norm2 of each of the 12 blocks and the final norm (timm's names)
-    expected = {f"backbone/blocks_{i}/{n}/{p}" for i in range(12) for n in ("norm1", "norm2") for p in ("scale", "bias")}
+    expected = {f"backbone/blocks_{i}/{n}/{p}" for i in range(12) for n in ("norm1", "norm2")
+                for p in ("scale", "bias")}
     assert adapted == expected | {"backbone/norm/scale", "backbone/norm/bias"}
 
 

@@ -115,9 +115,14 @@ def build_adapter(run, s: dict):
 def run_adapt(run, source, s: dict) -> dict:
     """Adapt ``run``'s model online to ``source``: the metrics of its online predictions, and ``adapt``
     (the settings, batches, images left out, mean selected samples, SAR recoveries, compilations)."""
+    import jax  # noqa: PLC0415
+
     from jtl.train.metrics import classification_metrics  # noqa: PLC0415
     from jtl.tta.stream import test_stream  # noqa: PLC0415
 
+    if jax.process_count() > 1:
+        raise JtlError("--adapt runs in one process (one stream, on one device); start it without "
+                       "--num-processes / JTL_NUM_PROCESSES")
     source = run.classes.align(source)
     batches, dropped = test_stream(source, batch_size=s["batch_size"], order=s["order"], seed=s["stream_seed"],
                                    normalization=run.normalization)
