@@ -323,6 +323,13 @@ def _cases():
         "entropy": (L.entropy, (f(6, 3),)),
         "information_maximization": (L.information_maximization, (f(6, 3),)),
         "pseudo_label_loss": (functools.partial(L.pseudo_label_loss, threshold=0.5), (f(6, 3), f(6, 3))),
+        "diversity": (L.diversity, (f(6, 3),)),
+        "reliable_entropy": (functools.partial(L.reliable_entropy, e_margin=1.0), (f(6, 3),)),
+        "eata_entropy": (functools.partial(L.eata_entropy, e_margin=1.0, d_margin=0.05),
+                         (f(6, 3), np.full((3,), 1 / 3, np.float32))),
+        "fisher_penalty": (L.fisher_penalty, (f(4, 3), f(4, 3), np.abs(f(4, 3)))),
+        "nrc": (lambda z, fb, sb: L.nrc(z, np.arange(6), fb, sb, k=2, kk=2),
+                (f(6, 3), f(10, 4) / 2, np.full((10, 3), 1 / 3, np.float32))),
     }
 
 
@@ -330,7 +337,9 @@ CASES = _cases()
 
 
 def test_every_exported_loss_has_a_jit_case():
-    helpers = {"grl_coeff", "entropy_weights", "randomized_multilinear_matrices", "pseudo_label_loss_with_aux"}
+    # helpers, and selections that return masks, neighbours or labels rather than a loss
+    helpers = {"grl_coeff", "entropy_weights", "randomized_multilinear_matrices", "pseudo_label_loss_with_aux",
+               "unit_rows", "reliable_mask", "eata_selection", "nrc_neighbours", "shot_pseudo_labels"}
     assert set(L.__all__) - helpers <= set(CASES)
 
 

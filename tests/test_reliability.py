@@ -438,7 +438,7 @@ def test_batch_not_divisible_by_devices(cfg_file, tmp_path):
 
 
 def test_eval_and_predict_rows(finished_run, tmp_path):
-    one_line_error(jtl("eval", "--workdir", finished_run, "--split", "nosuch"), "is neither a data.eval label (val)")
+    one_line_error(jtl("eval", "--workdir", finished_run, "--split", "nosuch"), "is neither a data.eval/data.test label (val)")
     one_line_error(jtl("eval", "--workdir", finished_run, "--split", "digits:nosplit"), "no split 'nosplit'")
     one_line_error(jtl("predict", "--workdir", finished_run, tmp_path / "missing.png"), "image not found")
     empty = tmp_path / "fresh"
