@@ -79,13 +79,17 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="GPU cases: override the batch")
     p.add_argument("--image-size", type=int, default=None, help="GPU cases: override the image size")
     p.add_argument("--peak-n", type=int, default=8192, help="GPU cases: n of the bf16 n^3 matmul peak")
-    p.add_argument("--torch-model", default="auto", choices=("auto", "torchvision", "ref"),
-                   help="GPU cases: torchvision's model (auto: if installed) or jtl.bench.torch_models")
+    p.add_argument("--torch-model", default="auto", choices=("auto", "torchvision", "timm", "ref"),
+                   help="GPU cases: torchvision's or timm's model (auto: the first installed that has "
+                        "the architecture) or jtl.bench.torch_models")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="GPU cases: also profile both frameworks and print the longest device ops")
     p.add_argument("--jtl-conv", default="jtl", choices=("jtl", "plain"),
                    help="GPU cases, experiment: 'plain' = XLA's convolution for every layer "
                         "(see jtl.bench.gpu.GpuComparison)")
+    p.add_argument("--jtl-attention", default="jtl", choices=("jtl", "einsum", "xla", "cudnn"),
+                   help="GPU cases, experiment: ViT attention as jtl chooses (cuDNN's fused kernel on a GPU), "
+                        "as einsums, or through jax.nn.dot_product_attention (see jtl.bench.jtl_step.attention_impl)")
     a = p.parse_args(argv)
     if a.device == "gpu":
         return main_gpu(a)
@@ -120,7 +124,7 @@ def main_gpu(a):
                       "xla_flags": os.environ.get("XLA_FLAGS", ""),
                       "preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")}), flush=True)
     for name in (a.cases or ",".join(GPU_CASES)).split(","):
-        run = GpuComparison(name, a.image_size, a.batch, a.steps or 20, a.torch_model, a.jtl_conv)
+        run = GpuComparison(name, a.image_size, a.batch, a.steps or 20, a.torch_model, a.jtl_conv, a.jtl_attention)
         print(json.dumps(run.time(a.repeats or 5, a.peak_n)), flush=True)
         if a.profile:
             print_profile(run, name, a.profile)

@@ -41,6 +41,7 @@ GPU_CASES = {
     # jtl compute_dtype bfloat16 (params float32) against PyTorch eager under torch.autocast(bfloat16),
     # channels-last.
     "resnet50_224_bf16": Case("resnet50", 1000, 224, 256),
+    "vit_b16_224_bf16": Case("vit_base_patch16_224", 1000, 224, 256),
 }
 BOTTLENECK, DISC_HIDDEN = 256, 1024  # jtl.config defaults (adapt.bottleneck_dim, adapt.disc_hidden)
 DANN_LOSS = (("ce", 1.0), ("dann", 1.0))  # the DANN case's loss pieces

@@ -19,7 +19,7 @@ import types
 from pathlib import Path
 
 from jtl.bench.cases import GPU_CASES
-from jtl.bench.jtl_step import build_jtl, model_flops, plain_convolutions
+from jtl.bench.jtl_step import attention_impl, build_jtl, model_flops, plain_convolutions
 from jtl.bench.timing import device_peak_bytes, matmul_peak_bf16, median, rounds, timed, xla_peak_mib
 from jtl.bench.torch_step import TorchWorker
 
@@ -55,15 +55,16 @@ class GpuComparison:
     on <= 2x2 maps, max pool gradient without select-and-scatter): an experiment, not what the
     trainer runs. :meth:`time` gives the result line, :meth:`profile` the longest device ops."""
 
-    def __init__(self, name: str, size: int | None, batch: int | None, steps: int, impl: str, conv: str = "jtl"):
+    def __init__(self, name: str, size: int | None, batch: int | None, steps: int, impl: str, conv: str = "jtl",
+                 attention: str = "jtl"):
         import jax
         import jax.numpy as jnp
 
         c = GPU_CASES[name]
-        self.name, self.conv, self.steps = name, conv, steps
+        self.name, self.conv, self.attention, self.steps = name, conv, attention, steps
         self.case = c = c._replace(size=size or c.size, batch=batch or c.batch)
         t = time.perf_counter()
-        with plain_convolutions() if conv == "plain" else contextlib.nullcontext():
+        with plain_convolutions() if conv == "plain" else contextlib.nullcontext(), attention_impl(attention):
             self.model, jstep, state, self.batch, _, _ = build_jtl(c, dtype=jnp.bfloat16)
             self.build_s = time.perf_counter() - t
             t = time.perf_counter()
@@ -101,7 +102,7 @@ class GpuComparison:
         tj, tt = [v / steps for v in r["jtl"]], [v / steps for v in r["torch"]]
         mm = self.jtl_steps(1)
         tstats = self.worker.call(cmd="stats")
-        bn1 = self.state.batch_stats["bn1"]["mean"]
+        stats = jax.tree.leaves(self.state.batch_stats)
         flops = model_flops(self.model, c.size, c.batch, compile_=False)
         peak = matmul_peak_bf16(peak_n)
         mj, mt = median(tj), median(tt)
@@ -113,8 +114,9 @@ class GpuComparison:
             "jtl_img_s": round(c.batch / mj, 1), "torch_img_s": round(c.batch / mt, 1), "ratio": round(mt / mj, 3),
             "jtl_ms": round(mj * 1e3, 2), "torch_ms": round(mt * 1e3, 2),
             "jtl_ms_rounds": [round(v * 1e3, 2) for v in tj], "torch_ms_rounds": [round(v * 1e3, 2) for v in tt],
-            "torch_setting": f"eager, autocast bf16, channels_last, cudnn.benchmark, {tinfo['impl']} {c.arch}",
-            "jtl_conv": self.conv,
+            "torch_setting": f"eager, autocast bf16, channels_last, cudnn.benchmark, {tinfo['impl']} {c.arch}"
+                             + (f" {tinfo['version']}" if tinfo.get("version") else ""),
+            "jtl_conv": self.conv, "jtl_attention": self.attention,
             "model_gflop_per_img": round(flops / c.batch / 1e9, 2), "mfu": round(flops / mj / peak, 3),
             "torch_mfu": round(flops / mt / peak, 3), "bf16_matmul_peak_tflop_s": round(peak / 1e12, 1),
             "matmul_n": peak_n, "jtl_first_step_s": round(self.first_s, 2), "jtl_compile_s": round(self.compile_s, 2),
@@ -123,7 +125,7 @@ class GpuComparison:
             "jtl_device_peak_mib": round(dev_peak / 2**20, 1) if dev_peak else None,
             "torch_peak_mib": round(tstats["peak_mib"], 1) if "peak_mib" in tstats else None,
             "jtl_loss": round(float(mm["loss"]), 4), "torch_loss": round(tstats["loss"], 4),
-            "bn_stats_moved": bool(jnp.any(bn1 != 0)), "steps_per_round": steps, "repeats": repeats,
+            "bn_stats_moved": bool(any(jnp.any(v != 0) for v in stats)) if stats else None, "steps_per_round": steps, "repeats": repeats,
             "torch_params": tinfo["params"],
             "jtl_params": int(sum(v.size for v in jax.tree.leaves(self.state.params))),
         }

@@ -52,7 +52,7 @@ def build_jtl(case: Case, seed: int = 0, dtype=None) -> JtlStep:
     from jtl.models.transfer import TransferModel, initial_variables
     from jtl.train.state import TrainState
     from jtl.train.steps import jit_train_step, make_loss_fn, make_mesh, make_train_step, shard_batch
-    from jtl.train.tasks import classification_forward
+    from jtl.train.forward import classification_forward
 
     x, y = make_data(case, seed)
     x0 = jnp.zeros((1, case.size, case.size, 3))
@@ -97,6 +97,25 @@ def plain_convolutions():
         layers.conv2d, resnet.max_pool_3x3_s2 = saved
 
 
+@contextlib.contextmanager
+def attention_impl(impl: str):
+    """While tracing, transformer attention (``jtl.models.attention.attend``) by ``impl``: "jtl"
+    (unchanged: cuDNN's fused kernel for bf16 on an NVIDIA GPU, else the einsums), "einsum" (the
+    materialised formulation everywhere), or ``attend_fused`` with ``jax.nn.dot_product_attention``'s
+    ``implementation`` "xla" or "cudnn". An experiment."""
+    from jtl.models import attention
+
+    saved = attention.attend
+    if impl == "einsum":
+        attention.attend = attention.attend_einsum
+    elif impl != "jtl":
+        attention.attend = lambda q, k, v: attention.attend_fused(q, k, v, impl)
+    try:
+        yield
+    finally:
+        attention.attend = saved
+
+
 def model_flops(model, size: int, rows: int, compile_: bool = True) -> float:
     """FLOPs of one train step of the *plain* formulation: 3 x the forward's convolutions and dense
     layers (XLA's cost analysis of the forward with ``lax.conv_general_dilated``; with
@@ -106,7 +125,7 @@ def model_flops(model, size: int, rows: int, compile_: bool = True) -> float:
 
     from jtl.models.transfer import TransferModel
 
-    with plain_convolutions():
+    with plain_convolutions(), attention_impl("einsum"):  # the plain formulation, traceable for the CPU
         if model.heads:  # backbone + bottleneck + classifier + discriminator
             init = lambda k, x: model.init(k, x, method=TransferModel.init_all)  # noqa: E731
 
@@ -117,9 +136,15 @@ def model_flops(model, size: int, rows: int, compile_: bool = True) -> float:
         else:
             init, fwd = model.init, lambda v, x: model.apply(v, x, train=False)
         variables = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-        lowered = jax.jit(fwd).lower(variables, jax.ShapeDtypeStruct((rows, size, size, 3), jnp.float32))
+        # Lowered for the CPU even on a GPU: XLA:GPU's analysis counts no FLOPs in library calls
+        # (cuDNN convolutions, cuBLAS products), which left a GPU MFU 100x too low (jax 0.11.2).
+        cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+        lowered = jax.jit(fwd).lower(variables, jax.ShapeDtypeStruct((rows, size, size, 3), jnp.float32, sharding=cpu))
         cost = (lowered.compile() if compile_ else lowered).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        if not cost and not compile_:  # jax 0.11 analyses only compiled programs
+            cost = lowered.compile().cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return 3.0 * float(cost["flops"])
 
 

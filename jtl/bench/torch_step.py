@@ -70,22 +70,35 @@ def build_torch(case: Case, channels_last: bool):
 def build_torch_amp(case: Case, impl: str):
     """PyTorch eager, ``torch.autocast(bfloat16)``, channels-last, SGD momentum, cuDNN autotuning
     (``cudnn.benchmark``), on the GPU if there is one. ``impl``: "torchvision"
-    (``torchvision.models.<arch>``), "ref" (:mod:`jtl.bench.torch_models`, the same architecture)
-    or "auto" (torchvision if present). Returns (step, sync, info)."""
+    (``torchvision.models.<arch>``), "timm" (``timm.create_model(arch)``: ViT's attention through
+    PyTorch's fused ``scaled_dot_product_attention``), "ref" (:mod:`jtl.bench.torch_models`, the
+    same architecture) or "auto" (the first of torchvision, timm that has ``arch``, else "ref").
+    Returns (step, sync, info)."""
     import torch
     import torch.nn.functional as F
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    model = None
+    model, version = None, None
     if impl in ("auto", "torchvision"):
         try:
             import torchvision
 
-            model, impl = getattr(torchvision.models, case.arch)(num_classes=case.num_classes), "torchvision"
+            if hasattr(torchvision.models, case.arch) or impl == "torchvision":
+                model, impl = getattr(torchvision.models, case.arch)(num_classes=case.num_classes), "torchvision"
+                version = torchvision.__version__
         except ImportError:
             if impl == "torchvision":
+                raise
+    if model is None and impl in ("auto", "timm"):
+        try:
+            import timm
+
+            if timm.is_model(case.arch) or impl == "timm":
+                model, impl, version = timm.create_model(case.arch, num_classes=case.num_classes), "timm", timm.__version__
+        except ImportError:
+            if impl == "timm":
                 raise
     if model is None:
         from jtl.bench.torch_models import create_model
@@ -112,7 +125,7 @@ def build_torch_amp(case: Case, impl: str):
         opt.step()
         return loss
 
-    info = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "impl": impl,
+    info = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "impl": impl, "version": version,
             "params": sum(p.numel() for p in model.parameters())}
     return step, sync, info
 

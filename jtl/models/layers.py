@@ -106,7 +106,17 @@ SMALL_MAP_PIXELS = 4
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    """``conv2d_plain``'s result, computed the fastest measured way for the shape.
+    """``conv2d_plain``'s result: on CPU by :func:`conv2d_cpu`, elsewhere XLA's convolution
+    (GPU and TPU convolution libraries; jax 0.11's XLA:GPU also aborted compiling ResNet-50's
+    1x1 convolutions written as matrix products, in its Triton GEMM tiling pass)."""
+    return jax.lax.platform_dependent(
+        x, kernel,
+        cpu=lambda x, w: conv2d_cpu(x, w, stride, padding),
+        default=lambda x, w: conv2d_plain(x, w, stride, padding))
+
+
+def conv2d_cpu(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``conv2d_plain``'s result, computed the fastest measured way for the shape on XLA:CPU.
 
     - 1x1 kernels: a (strided) slice and a 2-D matrix product ``(N*H*W, C) @ (C, O)`` (as a
       2-D product its weight gradient ``x^T g`` is 1.5-3x faster on XLA:CPU than that of the
@@ -216,8 +226,14 @@ def max_pool_3x3_s2_plain(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-@jax.custom_vjp
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """``torch.nn.MaxPool2d(3, stride=2, padding=1)``: on CPU :func:`max_pool_3x3_s2_cpu`,
+    elsewhere ``nn.max_pool`` with XLA's own gradient."""
+    return jax.lax.platform_dependent(x, cpu=max_pool_3x3_s2_cpu, default=max_pool_3x3_s2_plain)
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2_cpu(x: jax.Array) -> jax.Array:
     """``torch.nn.MaxPool2d(3, stride=2, padding=1)``: padding counts as -inf.
 
     The forward is XLA's ``reduce_window``. The gradient goes, like PyTorch's and XLA's
@@ -259,7 +275,7 @@ def _max_pool_bwd(res, g):
     return (dxp[:, 1:h + 1, 1:w + 1, :],)
 
 
-max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+max_pool_3x3_s2_cpu.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def torch_linear_init(fan_in_axis: int = 0):

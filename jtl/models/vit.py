@@ -45,6 +45,7 @@ from flax import linen as nn
 
 from jtl.errors import ConfigError
 from jtl.models.backbones import Family, default_torch_key, family_of, register_family
+from jtl.models import attention
 from jtl.models.layers import per_member_op, torch_linear_init
 
 Dtype = Any
@@ -102,10 +103,12 @@ class Attention(nn.Module):
         hd = d // self.num_heads
         qkv = Linear(3 * d, dtype=self.dtype, name="qkv")(x).reshape(n, t, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (N, T, heads, d_h)
-        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) * jnp.asarray(hd ** -0.5, x.dtype)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        attn = nn.Dropout(self.attn_drop)(attn, deterministic=deterministic)
-        y = jnp.einsum("nhqk,nkhd->nqhd", attn, v).reshape(n, t, d)
+        if self.attn_drop == 0.0 or deterministic:
+            y = attention.attend(q, k, v).reshape(n, t, d)
+        else:
+            attn = attention.attention_weights(q, k)
+            attn = nn.Dropout(self.attn_drop)(attn, deterministic=deterministic)
+            y = jnp.einsum("nhqk,nkhd->nqhd", attn, v).reshape(n, t, d)
         y = Linear(d, dtype=self.dtype, name="proj")(y)
         return nn.Dropout(self.proj_drop)(y, deterministic=deterministic)
 

@@ -25,6 +25,7 @@ from jtl.models.transfer import TransferModel, initial_variables, to_transfer_la
 from jtl.optim import frozen_modules, make_optimizer, make_schedule
 from jtl.progress import phase, say
 from jtl.train.pieces import get_piece
+from jtl.train.forward import classification_forward, normalize_on_device, train_rngs  # noqa: F401 - re-exported
 from jtl.train.state import initial_state
 from jtl.train.steps import make_train_step
 
@@ -167,35 +168,6 @@ def eval_iterators(cfg, stats, classes: RunClasses) -> dict:
 def normalization_of(cfg, it) -> dict:
     return {"mean": list(it.mean), "std": list(it.std), "image_size": cfg.data.image_size,
             "channels": cfg.data.channels}
-
-
-def normalize_on_device(images, normalization: dict):
-    """uint8 batches are normalised here, on the device; float batches are already normalised."""
-    if images.dtype != jnp.uint8 or normalization is None:
-        return images
-    n = normalization
-    return jdata.preprocess_on_device({"image": images}, n["mean"], n["std"])["image"]
-
-
-def train_rngs(rng) -> dict:
-    """The rng streams of a train-mode pass: ``"dropout"`` (dropout, stochastic depth)."""
-    return {} if rng is None else {"dropout": jax.random.fold_in(rng, 0)}
-
-
-def classification_forward(model, normalization: dict | None):
-    """``forward(variables, batch, train, rng=None) -> ({"logits", "features"}, batch_stats)`` of a
-    classifier: no data needed (``normalization`` None: the images are already normalised floats)."""
-
-    def forward(variables, batch, train: bool, rng=None):
-        x = normalize_on_device(batch["image"], normalization)
-        if train:
-            (logits, feats), upd = model.apply(variables, x, train=True, return_features=True, mutable=["batch_stats"],
-                                               rngs=train_rngs(rng))
-            return {"logits": logits, "features": feats}, upd.get("batch_stats", variables["batch_stats"])
-        logits, feats = model.apply(variables, x, train=False, return_features=True)
-        return {"logits": logits, "features": feats}, variables["batch_stats"]
-
-    return forward
 
 
 class ClassificationTask:
