@@ -59,7 +59,7 @@ def defaults() -> ConfigDict:
     c.data.eval = ("fashion_mnist:test",)  # "NAME:SPLIT" or "LABEL=NAME:SPLIT"
     c.data.image_size = 32
     c.data.channels = 3
-    c.data.normalize = "dataset"  # "imagenet" for ported weights, "dataset", or "none"
+    c.data.normalize = "dataset"  # "imagenet" for ported weights ("inception": Inception-v3's), "dataset", "none"
     c.data.augment = ()  # e.g. ("flip", "crop", "jitter")
     c.data.val_fraction = 0.0  # carve a seeded, stratified "val" split out of "train"
     c.data.test_fraction = 0.0  # and a "test" split (datasets without one: image folders, digits)
@@ -121,6 +121,9 @@ def defaults() -> ConfigDict:
     c.dg.mixstyle_p = 0.5
     c.dg.mixstyle_alpha = 0.1
     c.dg.mixstyle_mode = "random"  # or "crossdomain"
+    c.dg.freeze_bn = ""  # "stats": every BatchNorm on running averages (TLlib); "all": its scale/bias frozen too
+    c.dg.dropout = 0.0  # Dropout on the pooled feature before the head, in training (TLlib: 0.1 with freeze_bn)
+    c.dg.val_split = "carve"  # or "published" (the dataset's own val), "tllib" (TLlib's split of "all")
     c.dg.swad = False  # SWAD dense weight averaging (needs eval_every and save_predictions)
     c.dg.swad_n_converge = 3
     c.dg.swad_n_tolerance = 6
@@ -158,8 +161,7 @@ def config_args(arg: str | None, positional: Sequence[str] = (), **defaults: str
     ``ARG = P1,P2,...,KEY=VALUE,...``: the leading bare values fill ``positional`` in order,
     the rest are ``KEY=VALUE``. ``defaults`` gives every option's default, and so its known
     keys, e.g. ``config_args("dann,init=runs/s", ("method",), method="source_only", init="")``
-    -> ``{"method": "dann", "init": "runs/s"}``. An unknown key or a stray value is an error.
-    """
+    -> ``{"method": "dann", "init": "runs/s"}``. An unknown key or a stray value is an error."""
     out = dict(defaults)
     parts = [p for p in (arg or "").split(",") if p]
     names = list(positional)
@@ -373,8 +375,10 @@ def validate(c: ConfigDict) -> None:
              f"best_metric {c.best_metric!r} must be LABEL/KEY with LABEL a data.eval label "
              f"({', '.join(labels) or 'none'}) and KEY one of {', '.join(EVAL_KEYS)}; '' for none")
     need(c.compute_dtype in ("float32", "bfloat16"), f"compute_dtype must be float32 or bfloat16, got {c.compute_dtype!r}")
-    need(c.data.normalize in ("imagenet", "dataset", "none"),
-         f"data.normalize must be imagenet, dataset or none, got {c.data.normalize!r}")
+    need(c.data.normalize in ("imagenet", "inception", "dataset", "none"),
+         f"data.normalize must be imagenet, inception, dataset or none, got {c.data.normalize!r}")
+    if c.model.init:  # registry weights name their input scaling (imported here: it loads jax)
+        importlib.import_module("jtl.weights.registry").check_normalization(c.model.init, c.data.normalize)
     need(c.model.num_classes > 0, f"model.num_classes must be positive, got {c.model.num_classes}")
     need(c.data.image_size > 0, f"data.image_size must be positive, got {c.data.image_size}")
     for step_key in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "data.limit"):

@@ -72,6 +72,11 @@ CONFIG_ROWS = {
                                   "best_metric 'test/top1' must be LABEL/KEY with LABEL a data.eval label (val)"),
     "best_metric_unknown_key": (["--config.best_metric=val/loss"], "KEY one of top1, top5, macro_precision"),
     "on_error_unknown": (["--config.data.on_error=ignore"], "data.on_error must be raise or skip, got 'ignore'"),
+    # Inception-v3's Google weights were trained on (x - 0.5) / 0.5, not ImageNet's mean/std.
+    "inception_weights_imagenet_scaling": (
+        ["--config.model.init=inception_v3.tv_in1k", "--config.data.normalize=imagenet"],
+        "model.init inception_v3.tv_in1k was trained on data.normalize='inception' inputs, not 'imagenet'; "
+        "set data.normalize=inception"),
 }
 
 

@@ -365,6 +365,8 @@ def test_channels_normalisation_and_device_preprocessing():
     b = next(it)
     want = (np.repeat(images, 3, -1) / 255.0 - np.array(augment.IMAGENET_MEAN)) / np.array(augment.IMAGENET_STD)
     np.testing.assert_allclose(b["image"], want, atol=1e-5)
+    inception = next(D.make_iterator(src, batch_size=16, seed=0, train=False, channels=3, normalize="inception"))
+    np.testing.assert_allclose(inception["image"], np.repeat(images, 3, -1) / 127.5 - 1.0, atol=1e-5)  # [-1, 1]
     raw = next(D.make_iterator(src, batch_size=16, seed=0, train=False, output="uint8"))
     assert raw["image"].dtype == np.uint8
     dev = D.preprocess_on_device(raw, it.mean, it.std, channels=3)

@@ -284,3 +284,42 @@ np.savez({str(tmp_path / 'x.npz')!r}, **{{k: v.numpy() for k, v in sd.items()}})
     for k in want.files:
         assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_torchvision_entries_match_torchvision_weight_enums(torchvision_python):
+    """Every torchvision-format registry entry from download.pytorch.org has the URL and the
+    ImageNet top-1 that the real torchvision's weight enums publish (Debian's torchvision 0.14)."""
+    import json
+    import subprocess
+
+    from jtl.weights import REGISTRY
+
+    code = """
+import json, torchvision.models as m
+from torchvision.models._api import WeightsEnum
+out = {}
+for name in dir(m):  # the classification models' weight enums, e.g. ResNet50_Weights
+    enum = getattr(m, name)
+    if isinstance(enum, type) and issubclass(enum, WeightsEnum) and enum is not WeightsEnum:
+        for w in enum:
+            out[w.url] = w.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+print(json.dumps(out))
+"""
+    published = json.loads(subprocess.run([torchvision_python, "-c", code], check=True, capture_output=True,
+                                          text=True).stdout)
+    tv = [s for s in REGISTRY.values() if s.url.startswith("https://download.pytorch.org/models/")]
+    assert {"efficientnet_b0", "inception_v3", "densenet121", "mobilenet_v3_large"} <= {s.arch for s in tv}
+    for spec in tv:
+        assert spec.url in published, spec.name
+        assert spec.top1 == pytest.approx(published[spec.url], abs=1e-3), spec.name
+
+
+
+def test_inception_weights_name_their_normalization():
+    """The registry's Inception-v3 entry asks for (x - 0.5) / 0.5, which data.normalize="inception" gives."""
+    from jtl.data import augment
+    from jtl.weights import REGISTRY, get_spec
+
+    assert get_spec("inception_v3.tv_in1k").normalize == "inception"
+    assert augment.INCEPTION_MEAN == augment.INCEPTION_STD == (0.5, 0.5, 0.5)
+    assert {s.normalize for n, s in REGISTRY.items() if not n.startswith("inception")} == {"imagenet"}

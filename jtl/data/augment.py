@@ -3,12 +3,21 @@
 - ``crop``: random resized crop (Szegedy et al. 2015): area fraction a ~ U(scale),
   log aspect ratio ~ U(log ratio), box (a H W r)^1/2 x (a H W / r)^1/2 placed uniformly;
   up to 10 draws, else the whole image. The box is resampled to the output size.
+- ``center_crop`` / ``random_crop``: the ``image_size`` x ``image_size`` window at the centre
+  (offsets ``round((H - S) / 2)``, halves to even, as torchvision's ``CenterCrop``) or at a
+  uniformly drawn integer offset (torchvision's ``RandomCrop``); no resampling. Transfer-Learning-
+  Library's (TLlib) ``--train-resizing cen.crop`` and ``ran.crop``. At most one of the three crops.
 - ``flip``: horizontal flip with probability 1/2.
 - ``jitter``: colour jitter, factors f ~ U(1 - s, 1 + s) applied in this order:
   brightness ``x f``, contrast ``(x - m) f + m`` (m the image's mean luminance),
   saturation ``g + (x - g) f`` (g the pixel's luminance; RGB only).
-- resize: without ``crop``, the whole image is resampled to ``image_size`` (bilinear,
+- ``resize`` R > 0 (``data.resize``): first of all, every image is resampled to R x R (aspect
+  ratio not kept; bicubic, antialiased: TLlib's ``ResizeImage``, which calls PIL's ``resize``
+  with its default filter), and the crops above are taken from that image.
+- resize: without a crop, the whole image is resampled to ``image_size`` (bilinear,
   antialiased) when its size differs.
+- eval (``data.eval_crop``): ``"none"`` resamples the whole image to ``image_size``;
+  ``"center"`` takes the centre crop (TLlib's test transform: R = 256, centre 224).
 - normalise: ``(x / 255 - mean) / std`` per channel.
 
 Luminance is ITU-R BT.601: ``0.299 R + 0.587 G + 0.114 B``.
@@ -26,9 +35,15 @@ from jtl.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Inception-v3 (Google) weights: inputs scaled to [-1, 1], (x - 0.5) / 0.5 (torchvision transform_input)
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
+CROPS = ("crop", "center_crop", "random_crop")
+EVAL_CROPS = {"none": {}, "center": {"center_crop": {}}}  # data.eval_crop -> the eval pipeline's augment
 LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "crop": {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)},
+    "center_crop": {},
+    "random_crop": {},
     "flip": {},
     "jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4},
 }
@@ -45,7 +60,17 @@ def parse(augment: Sequence | None) -> dict[str, dict[str, Any]]:
         if unknown:
             raise DataError(f"augmentation {name!r} has no option(s) {sorted(unknown)}")
         out[name] = {**DEFAULTS[name], **kwargs}
+    if len([c for c in CROPS if c in out]) > 1:
+        raise DataError(f"augment takes one crop of {', '.join(CROPS)}; got {[c for c in CROPS if c in out]}")
     return out
+
+
+def geometry(spec) -> dict:
+    """``make_iterator``'s geometry keywords (``image_size``, ``resize``, ``eval_crop``) from
+    ``cfg.data`` or a run's recorded ``normalization`` (runs recorded before ``resize`` and
+    ``eval_crop`` existed have neither: off)."""
+    return {"image_size": spec["image_size"], "resize": int(spec.get("resize", 0) or 0),
+            "eval_crop": spec.get("eval_crop", "none") or "none"}
 
 
 def crop_boxes(h: int, w: int, n: int, rng: np.random.Generator, scale, ratio, tries: int = 10) -> np.ndarray:
@@ -63,16 +88,37 @@ def crop_boxes(h: int, w: int, n: int, rng: np.random.Generator, scale, ratio, t
     return np.stack([x0, y0, x0 + cw, y0 + ch], axis=1)
 
 
-def _resample(img: np.ndarray, wh: tuple[int, int], box=None) -> np.ndarray:
+def _resample(img: np.ndarray, wh: tuple[int, int], box=None, resample=Image.BILINEAR) -> np.ndarray:
     pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-    out = np.asarray(pil.resize(wh, Image.BILINEAR, box=None if box is None else tuple(box)))
+    out = np.asarray(pil.resize(wh, resample, box=None if box is None else tuple(box)))
     return out[..., None] if out.ndim == 2 else out
 
 
-def geometric(images, size: int | None, aug: dict, rng: np.random.Generator | None) -> np.ndarray:
-    """Crop/resize each image to ``size`` (None: keep its size) and flip; an array or a list of arrays."""
+def _window(img: np.ndarray, size: int, rng: np.random.Generator | None) -> np.ndarray:
+    """The ``size`` x ``size`` window at the centre (``rng`` None) or at a random integer offset."""
+    h, w = img.shape[:2]
+    if h < size or w < size:
+        raise DataError(f"a {h}x{w} image is smaller than the {size} px crop; set data.resize to at least "
+                        f"{size} (every image resized first) or lower data.image_size")
+    if rng is None:
+        top, left = round((h - size) / 2), round((w - size) / 2)
+    else:
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    return img[top : top + size, left : left + size]
+
+
+def geometric(images, size: int | None, aug: dict, rng: np.random.Generator | None, resize: int = 0) -> np.ndarray:
+    """Resize each image to ``resize`` x ``resize`` (0: not), crop/resize it to ``size`` (None: keep
+    its size) and flip; ``images``: an array or a list of arrays."""
     n = len(images)
-    if "crop" in aug:
+    if resize and not (isinstance(images, np.ndarray) and images.shape[1:3] == (resize, resize)):
+        images = np.stack([_resample(im, (resize, resize), resample=Image.BICUBIC) for im in images])
+    fixed = next((c for c in ("center_crop", "random_crop") if c in aug), None)
+    if fixed is not None:
+        if size is None:
+            raise DataError(f"augment {fixed!r} needs image_size")
+        images = [_window(im, size, rng if fixed == "random_crop" else None) for im in images]
+    elif "crop" in aug:
         if isinstance(images, np.ndarray):
             boxes = crop_boxes(*images.shape[1:3], n, rng, **aug["crop"])
         else:

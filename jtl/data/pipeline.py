@@ -131,8 +131,9 @@ def _mean_std(normalize, source, channels):
     c = channels or source.info.channels
     if normalize is None:
         return (0.0,) * c, (1.0,) * c
-    if normalize == "imagenet":
-        mean, std = aug_lib.IMAGENET_MEAN, aug_lib.IMAGENET_STD
+    if normalize in ("imagenet", "inception"):
+        mean, std = ((aug_lib.IMAGENET_MEAN, aug_lib.IMAGENET_STD) if normalize == "imagenet"
+                     else (aug_lib.INCEPTION_MEAN, aug_lib.INCEPTION_STD))
         if c == 1:  # gray input to an RGB-trained normalisation: average the channels
             mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
         return tuple(mean), tuple(std)

@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from jtl.errors import ChecksumError, DownloadError, WeightsError
+from jtl.errors import ChecksumError, ConfigError, DownloadError, WeightsError
 
 TV = "https://download.pytorch.org/models/"
 HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
@@ -42,6 +42,7 @@ class WeightSpec:
     num_classes: int = 1000
     top1: float | None = None  # ImageNet-1k top-1 reported by the publisher
     note: str = ""
+    normalize: str = "imagenet"  # the input scaling the weights were trained on (jtl's data.normalize)
 
 
 def _tv(arch: str, tag: str, file: str, sha: str, top1: float) -> WeightSpec:
@@ -72,7 +73,9 @@ REGISTRY: dict[str, WeightSpec] = {
         _tv("vgg16", "tv_in1k", "vgg16-397923af.pth", "397923af", 71.592),
         _tv("vgg16_bn", "tv_in1k", "vgg16_bn-6c64b313.pth", "6c64b313", 73.360),
         _tv("alexnet", "tv_in1k", "alexnet-owt-7be5be79.pth", "7be5be79", 56.522),
-        _tv("inception_v3", "tv_in1k", "inception_v3_google-0cc3c7bd.pth", "0cc3c7bd", 77.294),
+        dataclasses.replace(_tv("inception_v3", "tv_in1k", "inception_v3_google-0cc3c7bd.pth", "0cc3c7bd", 77.294),
+                            normalize="inception"),  # torchvision's transform_input: (x - 0.5) / 0.5
+        _tv("efficientnet_b0", "tv_in1k", "efficientnet_b0_rwightman-3dd342df.pth", "3dd342df", 77.692),
         _tv("densenet121", "tv_in1k", "densenet121-a639ec97.pth", "a639ec97", 74.434),
         _tv("mobilenet_v3_large", "tv_in1k", "mobilenet_v3_large-8738ca79.pth", "8738ca79", 74.042),
         _tv("mobilenet_v3_large", "tv2_in1k", "mobilenet_v3_large-5c1a4163.pth", "5c1a4163", 75.274),
@@ -89,6 +92,17 @@ REGISTRY: dict[str, WeightSpec] = {
     ]
 }
 # torchvision has no IMAGENET1K_V2 for resnet18/34: their best torchvision weights are V1.
+
+
+def check_normalization(init: str, normalize: str) -> None:
+    """A run starting from registry weights ``init`` that names a fixed input scaling
+    (``data.normalize`` "imagenet" or "inception") must name the one the weights were trained
+    on: Inception-v3's Google weights expect ``(x - 0.5) / 0.5``, the others ImageNet's mean and
+    std. "dataset" and "none" are deliberate choices and pass."""
+    spec = REGISTRY.get(init)
+    if spec is not None and normalize in ("imagenet", "inception") and normalize != spec.normalize:
+        raise ConfigError(f"model.init {init} was trained on data.normalize={spec.normalize!r} inputs, "
+                          f"not {normalize!r}; set data.normalize={spec.normalize}")
 
 
 def get_spec(name: str) -> WeightSpec:
