@@ -17,19 +17,24 @@ splits at evaluation ``k``, read from the saved predictions):
 If the loss never stops falling, the window is the segment of the lowest loss to the end.
 The averaged model's BatchNorm statistics are recomputed on ``dg.swad_bn_batches`` training
 batches (the mean of the batch statistics, unbiased variance, as ``torch.optim.swa_utils.update_bn``),
-and it is evaluated on every eval split: ``summary["swad"]``.
+and it is evaluated on every eval split: ``summary["swad"]``. Its parameters and recomputed
+statistics are saved as an orbax checkpoint, ``WORKDIR/swad_checkpoint/<last step of the window>/``,
+which ``jtl eval --checkpoint swad`` and ``jtl predict --checkpoint swad`` load.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtl.distributed import is_writer, sync
 from jtl.errors import ConfigError
+from jtl.train.checkpoint import SWAD_DIR, Checkpoints
 from jtl.train.metrics import classification_metrics
 
 
@@ -136,6 +141,31 @@ def evaluate(task, variables: dict) -> dict:
     return out
 
 
+def save_checkpoint(workdir, step: int, variables: dict) -> Path:
+    """``variables`` (``params``, ``batch_stats``) as the orbax checkpoint ``WORKDIR/swad_checkpoint/<step>/``
+    (what :func:`jtl.train.checkpoint.restore_variables` reads with ``"swad"``). Written whole into
+    ``swad_checkpoint.partial/`` first, then swapped in: a rerun of a finished run replaces the
+    earlier one, and a run killed meanwhile leaves the earlier one (or none), never half of one."""
+    final = Path(workdir).absolute() / SWAD_DIR
+    partial, old = final.with_name(SWAD_DIR + ".partial"), final.with_name(SWAD_DIR + ".old")
+    if is_writer():
+        shutil.rmtree(partial, ignore_errors=True)
+    sync("jtl-swad-checkpoint-clean")
+    ckpt = Checkpoints(partial, keep=1, async_save=False)
+    try:
+        ckpt.save(step, variables, None)
+    finally:
+        ckpt.close()
+    if is_writer():
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        partial.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    sync("jtl-swad-checkpoint-saved")
+    return final / str(step)
+
+
 def finish(task, workdir, state, summary: dict) -> dict:
     """``summary`` plus ``swad``: the window (steps), the validation losses, and the averaged
     model's metrics on every eval split (``swad.final``); unchanged when the run has no ``dg.swad``."""
@@ -151,5 +181,7 @@ def finish(task, workdir, state, summary: dict) -> dict:
     variables = {"params": params, "batch_stats": jax.device_get(state.batch_stats)}
     variables["batch_stats"] = recompute_batch_stats(task, variables, d.swad_bn_batches, cfg.seed)
     first_step = (steps[start - 1] if start else 0) + 1
+    save_checkpoint(workdir, steps[end], variables)
     return {**summary, "swad": {"window_steps": [first_step, steps[end]], "eval_steps": steps,
-                                "val_loss": losses, "final": evaluate(task, variables)}}
+                                "val_loss": losses, "checkpoint": f"{SWAD_DIR}/{steps[end]}",
+                                "final": evaluate(task, variables)}}

@@ -78,6 +78,26 @@ def load_split(name: str, split: str, seed: int, val_fraction: float, on_error: 
         return jdata.load(name, split, seed=seed, val_fraction=val_fraction, on_error=on_error)
 
 
+def eval_splits(cfg) -> dict[str, tuple[int, str]]:
+    """``{label: (domain index, split)}`` of what a run evaluates: every domain's ``val_<name>``,
+    each held-out domain's ``test_<name>`` after it (``jtl eval --split LABEL`` reads the same)."""
+    out = {}
+    for i, name in enumerate(domain_names(cfg)):
+        out[f"val_{name}"] = (i, "val")
+        if i in cfg.dg.test:
+            out[f"test_{name}"] = (i, "test")
+    return out
+
+
+def eval_source(cfg, i: int, split: str):
+    """Domain ``i``'s eval split as the run evaluates it: a ``test`` split cut to ``dg.test_limit``
+    images (a seeded stratified subset)."""
+    src = load_split(cfg.dg.domains[i], split, cfg.seed, cfg.data.val_fraction, cfg.data.on_error)
+    if split == "test" and cfg.dg.test_limit and cfg.dg.test_limit < len(src):
+        src = src.subset(stratified_subset(src.labels, cfg.dg.test_limit, cfg.seed, src.name))
+    return src
+
+
 class DGTask:
     """Training on several source domains with balanced batches (see the module docstring)."""
 
@@ -143,17 +163,9 @@ class DGTask:
 
     def _eval_iterators(self, stats) -> dict:
         out = {}
-        for i, name in enumerate(self.names):
-            splits = [("val", self._load(i, "val"))]
-            if i in self.cfg.dg.test:
-                test = self._load(i, "test")
-                if self.cfg.dg.test_limit and self.cfg.dg.test_limit < len(test):
-                    keep = stratified_subset(test.labels, self.cfg.dg.test_limit, self.cfg.seed, test.name)
-                    test = test.subset(keep)
-                splits.append(("test", test))
-            for split, src in splits:
-                out[f"{split}_{name}"] = (lambda src=src: self._iterator(src, self.cfg.eval_batch_size, stats,
-                                                                        train=False))
+        for label, (i, split) in eval_splits(self.cfg).items():
+            src = eval_source(self.cfg, i, split)
+            out[label] = lambda src=src: self._iterator(src, self.cfg.eval_batch_size, stats, train=False)
         return out
 
     @staticmethod

@@ -41,6 +41,7 @@ from jtl.train.layout import current_layout
 from jtl.train.runinfo import read_config_json
 
 _CRC_KEY, _ITER_KEY = "jtl_crc32", "iterator"
+SWAD_DIR = "swad_checkpoint"  # a dg.swad run's averaged model: WORKDIR/swad_checkpoint/<step>/
 
 
 class CorruptCheckpoint(JtlError):
@@ -241,11 +242,14 @@ class Checkpoints:
 def restore_variables(workdir: str | os.PathLike, which: str = "best", *, strict: bool = False) -> dict:
     """``{"params", "batch_stats", "step"}`` of a run: ``which="latest"`` its newest checkpoint,
     ``"best"`` its best by the run's ``best_metric`` (read from its ``config.json``), else its
-    newest, or with ``strict`` a one-line error when the run has no best checkpoint.
+    newest, or with ``strict`` a one-line error when the run has no best checkpoint; ``"swad"``
+    the averaged model a ``dg.swad`` run saves in ``swad_checkpoint/`` (:mod:`jtl.dg.swad`).
 
     Reads only: a read-only run directory works, and nothing is moved or written.
     """
-    ckpt_dir = Path(workdir).absolute() / "checkpoints"
+    ckpt_dir = Path(workdir).absolute() / (SWAD_DIR if which == "swad" else "checkpoints")
+    if which == "swad" and not ckpt_dir.is_dir():
+        raise JtlError(f"{workdir} has no {SWAD_DIR}/ (only a run with dg.swad saves one, when it finishes)")
     if not ckpt_dir.is_dir():
         raise JtlError(f"{workdir} has no checkpoints/ (not a jtl run directory)")
     metric = _best_metric_of(workdir) if which == "best" else ""

@@ -10,6 +10,9 @@ import numpy as np
 
 from jtl.errors import JtlError
 
+CHECKPOINTS = ("latest", "best", "swad")
+CHECKPOINT_HELP = "latest, best (by best_metric) or swad (a dg.swad run's averaged model)"
+
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train or resume a run", description="train --config FILE[:ARG] --workdir DIR "
@@ -22,8 +25,9 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--split", required=True, help="a data.eval or data.test label of the run, or NAME:SPLIT")
-    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--split", required=True, help="a data.eval or data.test label of the run (a DG run's "
+                   "val_NAME / test_NAME), or NAME:SPLIT")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="latest", help=CHECKPOINT_HELP)
     from jtl.tta.command import add_arguments as add_adapt_arguments  # noqa: PLC0415
 
     add_adapt_arguments(p)  # --adapt tent|eata|sar and its options (docs/test-time.md)
@@ -33,7 +37,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of image files with a finished run")
     p.add_argument("--workdir", required=True)
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="latest", help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+")
     p.set_defaults(handler=cmd_predict)
 
@@ -70,17 +74,25 @@ def cmd_train(args) -> int:
 
 
 def _eval_source(run, spec: str):
-    """The dataset of ``--split``: a ``data.eval`` or ``data.test`` label of the run, or NAME:SPLIT."""
+    """The dataset of ``--split``: a ``data.eval`` or ``data.test`` label of the run (a DG run's
+    ``val_NAME`` / ``test_NAME``: :func:`jtl.dg.task.eval_splits`), or NAME:SPLIT."""
     from jtl.train.tasks import load_source, parse_eval  # noqa: PLC0415
 
+    dg_labels = {}
+    if run.cfg.dg.domains:  # a domain-generalization run: its splits exactly as it evaluated them
+        from jtl.dg.task import eval_source, eval_splits  # noqa: PLC0415
+
+        dg_labels = eval_splits(run.cfg)
+        if spec in dg_labels:
+            return eval_source(run.cfg, *dg_labels[spec])
     labels = {**parse_eval(run.cfg.data.eval), **parse_eval(run.cfg.data.test, "data.test")}
     if spec in labels:
         name, split = labels[spec]
     else:
         name, sep, split = spec.rpartition(":")
         if not sep or not name:
-            raise JtlError(f"--split {spec!r} is neither a data.eval/data.test label ({', '.join(labels)}) "
-                           "nor NAME:SPLIT")
+            raise JtlError(f"--split {spec!r} is neither a data.eval/data.test label "
+                           f"({', '.join([*labels, *dg_labels])}) nor NAME:SPLIT")
     return load_source(run.cfg, name, split, budget=False, classes=run.classes)
 
 
@@ -97,6 +109,7 @@ def cmd_eval(args) -> int:
     source = _eval_source(run, args.split)
     result = run_adapt(run, source, adapt) if adapt else run.evaluate(source)
     safe = args.split.replace("/", "_").replace(":", "_") + (f"_{adapt['adapt']}" if adapt else "")
+    safe += "_swad" if args.checkpoint == "swad" else ""  # not to overwrite the last iterate's result
     path = run.workdir / f"eval_{safe}_step{run.step}.json"
     try:
         runinfo.write_json(path, {"step": run.step, "checkpoint": args.checkpoint, **result})
