@@ -19,7 +19,8 @@ def swad_run(tmp_path_factory):
     """A 6-step SWAD run on rotated digits that checkpoints every step (keeps all six)."""
     wd = tmp_path_factory.mktemp("swad") / "run"
     rc, _, err = run_jtl("train", "--config", f"configs/dg_rotated_fmnist.py:{ARG}", "--workdir", wd,
-                         "--config.checkpoint_every=1", "--config.keep_checkpoints=6", "--config.progress=False")
+                         "--config.checkpoint_every=1", "--config.keep_checkpoints=6", "--config.dg.swad_bn_batches=4",
+                         "--config.progress=False")
     assert rc == 0, err[-3000:]
     return wd, json.loads((wd / "summary.json").read_text())["swad"]
 
