@@ -27,16 +27,23 @@ FUSED_DTYPES = (jnp.bfloat16, jnp.float16)
 TOKEN_MULTIPLE = 8  # tokens are padded to a multiple of this for the fused kernel
 
 
+def head_major(a: jax.Array) -> jax.Array:
+    """(N, T, heads, d_h) -> (N, heads, T, d_h): both attention products then have leading batch
+    dimensions, which XLA:CPU runs without copies around each (one ViT-S/16 layer's attention,
+    forward and backward at batch 32: 1.08 s -> 0.73 s on 2 loaded cores, the same sums to 6e-7)."""
+    return a.transpose(0, 2, 1, 3)
+
+
 def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
-    """``softmax(q k^T / sqrt(d_h))`` per head, (N, heads, T, T): the logits in the compute dtype,
-    the softmax in float32, the result back in the compute dtype."""
-    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    """``softmax(q k^T / sqrt(d_h))`` per head, (N, heads, T, T) from (N, T, heads, d_h) inputs:
+    the logits in the compute dtype, the softmax in float32, the result back in the compute dtype."""
+    logits = jnp.einsum("nhqd,nhkd->nhqk", head_major(q), head_major(k)) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
 
 
 def attend_einsum(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """``attention_weights(q, k) v``, (N, T, heads, d_h) in and out."""
-    return jnp.einsum("nhqk,nkhd->nqhd", attention_weights(q, k), v)
+    return head_major(jnp.einsum("nhqk,nhkd->nhqd", attention_weights(q, k), head_major(v)))
 
 
 def attend_fused(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str | None = "cudnn") -> jax.Array:

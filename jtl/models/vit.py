@@ -108,7 +108,7 @@ class Attention(nn.Module):
         else:
             attn = attention.attention_weights(q, k)
             attn = nn.Dropout(self.attn_drop)(attn, deterministic=deterministic)
-            y = jnp.einsum("nhqk,nkhd->nqhd", attn, v).reshape(n, t, d)
+            y = attention.head_major(jnp.einsum("nhqk,nhkd->nhqd", attn, attention.head_major(v))).reshape(n, t, d)
         y = Linear(d, dtype=self.dtype, name="proj")(y)
         return nn.Dropout(self.proj_drop)(y, deterministic=deterministic)
 
