@@ -1,7 +1,8 @@
 """Digits (MNIST -> USPS, USPS -> MNIST, SVHN -> MNIST) under Transfer-Learning-Library's protocol:
 trained from scratch, batch 128, 2,500 iterations per epoch, no flip, images resized to 28 px
-(32 px, RGB, for SVHN -> MNIST), the target's train split adapted on and its test split tested
-(``configs/tllib_common.py``; ARG as ``configs/office31.py``, tasks M2U, U2M, S2M)::
+(32 px, RGB, for SVHN -> MNIST; bicubic: TLlib's ``--train-resizing res.``), the target's train split
+adapted on and its test split tested (``configs/tllib_common.py``; ARG as ``configs/office31.py``,
+tasks M2U, U2M, S2M)::
 
     jtl train --config configs/digits_tllib.py:dann,task=M2U --workdir runs/digits/dann_M2U
     jtl sweep --config configs/digits_tllib.py:table --workdir runs/digits_tllib
@@ -40,7 +41,8 @@ def make_config(method, task, seed, *, arch, steps):
         changes["options"] = {**CHANGES[method]["options"], **delta["options"]}
     return tllib_config(method, source=source, target=target, eval_split="test", num_classes=10, arch=arch,
                         image_size=32 if rgb else 28, channels=3 if rgb else 1, changes=changes, seed=seed,
-                        steps=steps, normalize="dataset", augment=(), pretrained=False)
+                        steps=steps, normalize="dataset", train_resizing="res.", val_resizing="res.", hflip=False,
+                        pretrained=False)
 
 
 get_config, get_sweep = entry_points(make_config, TASKS, "cifar_resnet20")

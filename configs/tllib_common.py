@@ -14,12 +14,12 @@ In jtl's terms (docs/adaptation.md, "Against the papers and Transfer-Learning-Li
   ``loss_options.<piece>.alpha = total_steps / 1000``;
 - iterations = epochs x iterations per epoch; batch 32 (36 for MCC) per domain;
 - TLlib's heads and loss conventions through jtl's switches (``adapt.classifier`` ...,
-  ``loss_options.<piece>.convention`` ...).
+  ``loss_options.<piece>.convention`` ...);
+- TLlib's image transforms (``utils.py``, ``get_train_transform`` / ``get_val_transform``), by its
+  ``--train-resizing`` / ``--val-resizing`` / ``--no-hflip``: :func:`tllib_transforms`.
 
-Differences that remain (no switch): TLlib resizes images to 256 x 256 and then takes a random
-resized crop of 224 (test: centre crop 224); jtl's pipeline crops the original image and resizes the
-whole image for evaluation. MCD's and AFN's backbone SGD has no momentum in TLlib (jtl: one momentum
-for all parameters). DAN's, JAN's and AFN's bottlenecks have dropout in TLlib. TLlib reports the
+Differences that remain (no switch): MCD's and AFN's backbone SGD has no momentum in TLlib (jtl: one
+momentum for all parameters). DAN's, JAN's and AFN's bottlenecks have dropout in TLlib. TLlib reports the
 best epoch's target accuracy (its validation set is the target test set); jtl's table reports the
 last step's, and keeps the best checkpoint by it (``best_metric``).
 """
@@ -76,6 +76,27 @@ def recipe(method: str, changes: dict | None = None) -> dict:
     return r
 
 
+# TLlib's --train-resizing: every mode but "res." first resizes to 256 x 256 (``ResizeImage(256)``:
+# PIL's resize with its default filter, bicubic), then "default" takes RandomResizedCrop(224) (scale
+# 0.08-1, ratio 3/4-4/3: jtl's "crop"), "cen.crop" CenterCrop(224), "ran.crop" RandomCrop(224);
+# "res." resizes to the image size (``ResizeImage(resize_size)``). --val-resizing "default": 256, then
+# CenterCrop(224); "res.": resize only. Then RandomHorizontalFlip unless --no-hflip.
+TRAIN_CROPS = {"default": ("crop",), "cen.crop": ("center_crop",), "ran.crop": ("random_crop",), "res.": ()}
+
+
+def tllib_transforms(train_resizing: str = "default", val_resizing: str = "default", hflip: bool = True, *,
+                     image_size: int) -> dict:
+    """``data.resize``, ``data.augment`` and ``data.eval_crop`` of TLlib's transforms (comment above).
+    jtl resizes train and test images alike (one ``data.resize``), so "res." goes with "res."."""
+    if train_resizing not in TRAIN_CROPS or val_resizing not in ("default", "res.") or \
+            (train_resizing == "res.") != (val_resizing == "res."):
+        raise ValueError(f"TLlib resizing {train_resizing!r} / {val_resizing!r}: jtl has "
+                         f"{', '.join(TRAIN_CROPS)} with 'default', and 'res.' with 'res.'")
+    res = train_resizing == "res."
+    return {"resize": image_size if res else 256, "augment": TRAIN_CROPS[train_resizing] + (("flip",) if hflip else ()),
+            "eval_crop": "none" if res else "center"}
+
+
 def benchmark_args(arg, tasks, **more) -> dict:
     """``METHOD[,task=T][,seed=S][,arch=A][,steps=N]`` or ``table[,methods=M:M][,tasks=T:T][,seeds=S:S]``."""
     a = config_args(arg, ("method",), method="dann", task=tasks[0], seed="0", arch="", steps="0", methods="",
@@ -90,10 +111,11 @@ def benchmark_args(arg, tasks, **more) -> dict:
 def tllib_config(method: str, *, source: str, target: str, eval_split: str, num_classes: int, arch: str,
                  image_size: int, changes: dict | None = None, seed: int = 0, steps: int = 0, channels: int = 3,
                  train_split: str = "train", target_split: str = "train", normalize: str = "imagenet",
-                 augment=("crop", "flip"), pretrained: bool = True) -> ml_collections.ConfigDict:
+                 train_resizing: str = "default", val_resizing: str = "default", hflip: bool = True,
+                 pretrained: bool = True) -> ml_collections.ConfigDict:
     """The run of ``method`` on ``source -> target`` as TLlib trains it (module docstring);
     ``steps`` > 0 shortens the run, with the schedule and warm-up rescaled to the same per-iteration
-    constants."""
+    constants; ``train_resizing``, ``val_resizing``, ``hflip``: TLlib's switches (:func:`tllib_transforms`)."""
     r = recipe(method, changes)
     total = steps or r["epochs"] * r["iters"]
     c = ml_collections.ConfigDict()
@@ -102,7 +124,8 @@ def tllib_config(method: str, *, source: str, target: str, eval_split: str, num_
                                          "init": f"{arch}.tv_in1k" if pretrained else ""})
     c.data = ml_collections.ConfigDict({
         "train": source, "train_split": train_split, "image_size": image_size, "channels": channels,
-        "normalize": normalize, "augment": tuple(augment), "eval": (f"target_test={target}:{eval_split}",)})
+        "normalize": normalize, "eval": (f"target_test={target}:{eval_split}",),
+        **tllib_transforms(train_resizing, val_resizing, hflip, image_size=image_size)})
     c.adapt = ml_collections.ConfigDict({"target": target, "target_split": target_split,
                                          "bottleneck_dim": r["bottleneck"], **r["adapt"]})
     c.loss = dict(r["loss"])

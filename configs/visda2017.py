@@ -1,6 +1,7 @@
 """VisDA-2017 classification (Peng et al. 2017), synthetic -> real, under Transfer-Learning-Library's
-protocol: ResNet-101 (ImageNet, torchvision weights; ``arch=resnet50`` for ResNet-50), 224 px, train
-images resized without a random crop (TLlib's ``--train-resizing cen.crop``), the whole validation
+protocol: ResNet-101 (ImageNet, torchvision weights; ``arch=resnet50`` for ResNet-50), train images
+resized to 256 x 256 and centre-cropped to 224 px, then flipped (TLlib's ``--train-resizing cen.crop``;
+test images alike, unflipped), the whole validation
 (real) domain adapted on and tested; the score is the mean of the 12 per-class accuracies
 (``target_test/macro_recall``) (``configs/tllib_common.py``; ARG as ``configs/office31.py``, one task S2R)::
 
@@ -34,7 +35,7 @@ CHANGES = {
 def make_config(method, task, seed, *, arch, steps):
     c = tllib_config(method, source="visda2017:synthetic", target="visda2017:real", eval_split="test",
                      num_classes=12, arch=arch, image_size=224, changes=CHANGES.get(method), seed=seed,
-                     steps=steps, augment=("flip",))
+                     steps=steps, train_resizing="cen.crop")
     c.best_metric = "target_test/macro_recall"  # TLlib's VisDA score: the mean of the per-class accuracies
     return c
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
-from jtl.errors import ConfigError
+from jtl.errors import ConfigError, JtlError
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -60,7 +60,9 @@ def defaults() -> ConfigDict:
     c.data.image_size = 32
     c.data.channels = 3
     c.data.normalize = "dataset"  # "imagenet" for ported weights ("inception": Inception-v3's), "dataset", "none"
-    c.data.augment = ()  # e.g. ("flip", "crop", "jitter")
+    c.data.augment = ()  # e.g. ("flip", "crop", "jitter"); "center_crop"/"random_crop": fixed image_size windows
+    c.data.resize = 0  # R > 0: every image resized to R x R first, crops cut from it (TLlib: 256); 0 = off
+    c.data.eval_crop = "none"  # eval: "none" = whole image resized to image_size, "center" = centre crop
     c.data.val_fraction = 0.0  # carve a seeded, stratified "val" split out of "train"
     c.data.test_fraction = 0.0  # and a "test" split (datasets without one: image folders, digits)
     # Held-out splits never evaluated during training: only on request (`jtl eval --split LABEL`,
@@ -381,6 +383,13 @@ def validate(c: ConfigDict) -> None:
         importlib.import_module("jtl.weights.registry").check_normalization(c.model.init, c.data.normalize)
     need(c.model.num_classes > 0, f"model.num_classes must be positive, got {c.model.num_classes}")
     need(c.data.image_size > 0, f"data.image_size must be positive, got {c.data.image_size}")
+    need(c.data.resize == 0 or c.data.resize >= c.data.image_size, f"data.resize must be 0 (off) or at least "
+         f"data.image_size={c.data.image_size} (crops are cut from the resized image), got {c.data.resize}")
+    need(c.data.eval_crop in ("none", "center"), f"data.eval_crop must be none or center, got {c.data.eval_crop!r}")
+    try:  # augmentation names and options, at most one crop: refused before a workdir is written
+        importlib.import_module("jtl.data.augment").parse(c.data.augment)
+    except JtlError as e:
+        raise ConfigError(f"data.augment: {e}") from None
     for step_key in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "data.limit"):
         node = c
         for k in step_key.split("."):

@@ -52,7 +52,8 @@ TLLIB = [
     ("office_home.py:mdd,task=Rw2Pr", {"total_steps": 30 * 1000, "adapt.bottleneck_dim": 2048}),
     ("office_home.py:mcd,task=Ar2Cl", {"loss.mcd": 30.0, "total_steps": 20 * 500}),
     ("visda2017.py:mdd", {"model.name": "resnet101", "batch_size": 36, "total_steps": 30 * 1000,
-                          "data.augment": ("flip",), "best_metric": "target_test/macro_recall"}),
+                          "data.augment": ("center_crop", "flip"), "data.resize": 256, "data.eval_crop": "center",
+                          "best_metric": "target_test/macro_recall"}),
     ("visda2017.py:afn", {"loss_options.afn.delta": 0.3, "total_steps": 10 * 1000, "batch_size": 36}),
     ("domainnet.py:cdan,task=c2p", {"loss_options.cdan.randomized": True, "loss_options.cdan.dim": 51200,
                                     "adapt.bottleneck_dim": 1024, "total_steps": 30 * 2500,
@@ -173,6 +174,8 @@ def test_office31_mdd_trains_with_tllib_heads(fakes):
     assert 0 <= metrics["top1"] <= 1 and np.isfinite(loss)
     recorded = json.loads((wd / "config.json").read_text())
     assert recorded["adapt"]["classifier"] == "mlp" and recorded["data"]["train"] == "office31:A"
+    norm = json.loads((wd / "run.json").read_text())["normalization"]  # what jtl eval / predict read
+    assert (norm["resize"], norm["eval_crop"]) == (256, "center")  # TLlib's transforms
     assert recorded["optim"]["inv_gamma"] == pytest.approx(0.0002 * 2)  # steps=2: TLlib's gamma per iteration
 
 

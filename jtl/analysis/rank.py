@@ -42,7 +42,7 @@ def run_outputs(workdir, source, *, checkpoint: str = "latest", batch_size: int 
         return feats.get("backbone_pooled", feats["pooled"]), out["logits"]
 
     it = jdata.make_iterator(source, batch_size=min(batch_size, len(source)), seed=0, train=False,
-                             normalize=(norm["mean"], norm["std"]), image_size=norm["image_size"],
+                             normalize=(norm["mean"], norm["std"]), **jdata.geometry(norm),
                              channels=norm["channels"], output="uint8")
     features, logits = [], []
     for batch in it:

@@ -62,6 +62,9 @@ drop_remainder=None, output="float32")`` yields ``{"image": float32 (B, H, W, C)
   ``"mask"``: the last batch is padded (mask False, image 0, label 0) so every process
   gets the same number of batches; ``drop_remainder=True`` drops it instead.
 - ``image_size`` resizes to the model's resolution; ``channels=3`` repeats gray to RGB.
+- ``resize=R`` resamples every image to R x R first (bicubic), the crops then cut ``image_size``
+  from it; ``eval_crop="center"`` evaluates the centre crop instead of the whole image
+  (Transfer-Learning-Library's 256 -> 224); ``geometry(cfg.data)`` gives all three keywords.
 - ``normalize``: ``"imagenet"`` (ported weights), ``"dataset"`` (statistics of this
   source), ``(mean, std)``, or None (x / 255).
 - ``output="uint8"`` leaves the cast and normalisation to the device:
@@ -74,7 +77,7 @@ and its state holds both states. Seeds are hashed with the source's name and spl
 two shuffles are independent; the same data with the same seed is refused.
 """
 
-from jtl.data.augment import IMAGENET_MEAN, IMAGENET_STD, preprocess_on_device
+from jtl.data.augment import IMAGENET_MEAN, IMAGENET_STD, geometry, preprocess_on_device
 from jtl.data.builders import data_dir
 from jtl.data.loading import info, load, num_classes
 from jtl.data.pipeline import DataIterator, PairedIterator, dataset_stats, make_iterator, paired_iterator
@@ -90,6 +93,7 @@ __all__ = [
     "Source",
     "data_dir",
     "dataset_stats",
+    "geometry",
     "info",
     "load",
     "make_iterator",

@@ -52,8 +52,9 @@ def dataset_stats(source, channels: int | None = None, max_images: int = 10000, 
 class _Batch(grain.transforms.RandomMap):
     """positions (B,) -> batch dict; eval batches get ``mask`` (False on padding)."""
 
-    def __init__(self, source, size, channels, aug, mean, std, output, masked, stream=None, with_index=False):
-        self.source, self.size, self.channels, self.aug = source, size, channels, aug
+    def __init__(self, source, size, channels, aug, mean, std, output, masked, stream=None, with_index=False,
+                 resize=0):
+        self.source, self.size, self.channels, self.aug, self.resize = source, size, channels, aug, resize
         self.mean, self.std, self.output, self.masked = mean, std, output, masked
         self.stream = stream  # with several processes: this process's own random stream
         self.with_index = with_index  # add "index": each example's position in the source (its id)
@@ -64,7 +65,7 @@ class _Batch(grain.transforms.RandomMap):
         positions = np.asarray(positions, np.int64)
         valid = positions < len(self.source)
         ex = self.source.getitems(np.where(valid, positions, 0))
-        x = aug_lib.geometric(ex["image"], self.size, self.aug, rng)
+        x = aug_lib.geometric(ex["image"], self.size, self.aug, rng, self.resize)
         x = aug_lib.to_channels(x, self.channels)
         if "jitter" in self.aug:
             x = aug_lib.jitter(x, rng, **self.aug["jitter"])
@@ -163,8 +164,11 @@ def make_iterator(
     num_threads: int | None = None,
     prefetch: int = 4,
     with_index: bool = False,
+    resize: int = 0,
+    eval_crop: str = "none",
 ) -> DataIterator:
-    """Batches of ``source`` (see :mod:`jtl.data` for the contract)."""
+    """Batches of ``source`` (see :mod:`jtl.data` for the contract); ``resize``, ``eval_crop``:
+    :mod:`jtl.data.augment` (:func:`jtl.data.geometry` reads all three sizes from a config)."""
     n = len(source)
     if batch_size <= 0 or not 0 <= process_index < process_count:
         raise DataError(f"bad batch_size={batch_size} or process {process_index} of {process_count}")
@@ -172,6 +176,10 @@ def make_iterator(
         raise DataError(f"output must be 'float32' or 'uint8', got {output!r}")
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be None, 1 or 3, got {channels!r}")
+    bad_resize = isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 0
+    if eval_crop not in aug_lib.EVAL_CROPS or bad_resize:
+        raise DataError(f"eval_crop must be one of {', '.join(aug_lib.EVAL_CROPS)} and resize an integer >= 0 "
+                        f"(0: off), got {eval_crop!r} and {resize!r}")
     mean, std = _mean_std(normalize, source, channels)
     shuffle_seed, map_seed = _seeds(seed, source)
     threads = min(4, os.cpu_count() or 1) if num_threads is None else num_threads
@@ -186,7 +194,7 @@ def make_iterator(
             raise DataError(f"{source!r}: {n // process_count} examples per process, "
                             f"fewer than batch_size={batch_size}")
         transform = _Batch(source, image_size, channels, aug_lib.parse(augment), mean, std, output, False,
-                           stream=process_index if mine is not None else None, with_index=with_index)
+                           stream=process_index if mine is not None else None, with_index=with_index, resize=resize)
         ds = grain.MapDataset.range(n).shuffle(seed=shuffle_seed).repeat(None).batch(per_step, drop_remainder=True)
         if mine is not None:
             ds = ds.map(mine)
@@ -199,7 +207,8 @@ def make_iterator(
         ds = grain.MapDataset.range(total).batch(per_step)
         if mine is not None:
             ds = ds.map(mine)
-        transform = _Batch(source, image_size, channels, {}, mean, std, output, True, with_index=with_index)
+        transform = _Batch(source, image_size, channels, aug_lib.EVAL_CROPS[eval_crop], mean, std, output, True,
+                           with_index=with_index, resize=resize)
         ds = ds.map(transform.map)
         num_batches = len(ds)
     return DataIterator(

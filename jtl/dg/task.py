@@ -122,7 +122,7 @@ class DGTask:
         stats = (first.mean, first.std)  # every domain is normalised like the first source domain
         self.train_iterator = DomainBatches([first] + [self._iterator(s, per_domain, stats, train=True)
                                                        for s in sources[1:]])
-        self.normalization = {"mean": list(first.mean), "std": list(first.std), "image_size": cfg.data.image_size,
+        self.normalization = {"mean": list(first.mean), "std": list(first.std), **jdata.geometry(cfg.data),
                               "channels": cfg.data.channels}
         self.eval_iterators = self._eval_iterators(stats)
         self.images_per_step = cfg.batch_size
@@ -159,7 +159,7 @@ class DGTask:
         cfg = self.cfg
         return jdata.make_iterator(
             source, batch_size=batch_size, seed=cfg.seed, train=train, augment=tuple(cfg.data.augment) if train else (),
-            normalize=normalize, output="uint8", image_size=cfg.data.image_size, channels=cfg.data.channels)
+            normalize=normalize, output="uint8", channels=cfg.data.channels, **jdata.geometry(cfg.data))
 
     def _eval_iterators(self, stats) -> dict:
         out = {}

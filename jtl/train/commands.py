@@ -125,10 +125,10 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def load_images(paths, image_size: int, channels: int) -> np.ndarray:
+def load_images(paths, norm: dict) -> np.ndarray:
     """Image files exactly as the eval pipeline sees an image folder's: decoded to RGB
-    (:mod:`jtl.data.decode`), resized by :func:`jtl.data.augment.geometric`, converted to the
-    run's channels; uint8 (N, S, S, C)."""
+    (:mod:`jtl.data.decode`), resized (and centre-cropped) by :func:`jtl.data.augment.geometric`
+    as the run's recorded ``norm`` says, converted to the run's channels; uint8 (N, S, S, C)."""
     from jtl.data import augment  # noqa: PLC0415
     from jtl.data.decode import decode_image  # noqa: PLC0415
     from jtl.errors import DataError  # noqa: PLC0415
@@ -141,7 +141,9 @@ def load_images(paths, image_size: int, channels: int) -> np.ndarray:
             images.append(decode_image(p, channels=3))
         except DataError as e:
             raise JtlError(str(e)) from None
-    x = augment.to_channels(augment.geometric(images, image_size, {}, None), channels)
+    g = augment.geometry(norm)
+    x = augment.geometric(images, g["image_size"], augment.EVAL_CROPS[g["eval_crop"]], None, g["resize"])
+    x = augment.to_channels(x, norm["channels"])
     return x if x.dtype == np.uint8 else np.round(x).astype(np.uint8)
 
 
@@ -152,7 +154,7 @@ def cmd_predict(args) -> int:
         raise JtlError(f"--top-k must be at least 1, got {args.top_k}")
     run = RunModel(args.workdir, args.checkpoint)
     norm = run.normalization
-    x = load_images(args.images, norm["image_size"], norm["channels"])
+    x = load_images(args.images, norm)
     logits = run.logits(x).astype(np.float64)
     logits -= logits.max(-1, keepdims=True)
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)

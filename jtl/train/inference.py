@@ -85,7 +85,7 @@ class RunModel:
         if batch_size % mesh.devices.size:
             batch_size = mesh.devices.size * max(1, batch_size // mesh.devices.size)
         it = jdata.make_iterator(source, batch_size=batch_size // jax.process_count(), seed=cfg.seed, train=False,
-                                 normalize=(norm["mean"], norm["std"]), image_size=norm["image_size"],
+                                 normalize=(norm["mean"], norm["std"]), **jdata.geometry(norm),
                                  channels=norm["channels"], process_index=jax.process_index(),
                                  process_count=jax.process_count(), output="uint8")
         step = make_eval_step(self.forward, mesh)

@@ -118,7 +118,7 @@ class LinearProbeTask:
         train_src = load_source(cfg, cfg.data.train, cfg.data.train_split, budget=True)
         splits = {"__train__": lambda: jdata.make_iterator(
             train_src, batch_size=cfg.eval_batch_size, seed=cfg.seed, train=False,
-            normalize=(norm["mean"], norm["std"]), image_size=norm["image_size"], channels=norm["channels"],
+            normalize=(norm["mean"], norm["std"]), **jdata.geometry(norm), channels=norm["channels"],
             output="uint8")}
         splits.update(backbone.eval_iterators)
         out = {}

@@ -45,9 +45,10 @@ def source_run(cfg) -> dict:
                           f"model.init to one (a directory with checkpoints/), got {src!r}")
     facts = record.read(src)
     norm = facts["normalization"]
-    if (norm["image_size"], norm["channels"]) != (cfg.data.image_size, cfg.data.channels):
-        raise ConfigError(f"model.init {src} was trained at image_size={norm['image_size']}, channels="
-                          f"{norm['channels']}; set data.image_size and data.channels to those")
+    want = {**jdata.geometry(norm), "channels": norm["channels"]}  # the source run's input geometry
+    if want != {**jdata.geometry(cfg.data), "channels": cfg.data.channels}:
+        raise ConfigError(f"model.init {src} was trained at " + ", ".join(f"{k}={v}" for k, v in want.items())
+                          + "; set data." + ", data.".join(want) + " to those")
     return facts
 
 
@@ -98,7 +99,7 @@ class SourceFreeTask:
                               f"batch_size={cfg.batch_size}; lower batch_size")
         pc, pi = jax.process_count(), jax.process_index()
         common = dict(seed=cfg.seed, normalize=stats, process_index=pi, process_count=pc, output="uint8",
-                      image_size=cfg.data.image_size, channels=cfg.data.channels, with_index=True)
+                      channels=cfg.data.channels, with_index=True, **jdata.geometry(cfg.data))
         self.train_iterator = jdata.make_iterator(tgt, batch_size=cfg.batch_size // pc, train=True,
                                                   augment=tuple(cfg.data.augment), **common)
         self.bank_size = len(tgt)

@@ -148,7 +148,7 @@ def train_iterator(cfg, source, normalize):
     return jdata.make_iterator(
         source, batch_size=cfg.batch_size // pc, seed=cfg.seed, train=True, augment=tuple(cfg.data.augment),
         normalize=normalize, process_index=pi, process_count=pc, output="uint8",
-        image_size=cfg.data.image_size, channels=cfg.data.channels)
+        channels=cfg.data.channels, **jdata.geometry(cfg.data))
 
 
 def eval_iterators(cfg, stats, classes: RunClasses) -> dict:
@@ -160,14 +160,13 @@ def eval_iterators(cfg, stats, classes: RunClasses) -> dict:
         esrc = load_source(cfg, name, split, budget=False, classes=classes)
         out[label] = (lambda esrc=esrc: jdata.make_iterator(
             esrc, batch_size=cfg.eval_batch_size // pc, seed=cfg.seed, train=False, normalize=stats,
-            process_index=pi, process_count=pc, output="uint8", image_size=cfg.data.image_size,
-            channels=cfg.data.channels))
+            process_index=pi, process_count=pc, output="uint8", channels=cfg.data.channels,
+            **jdata.geometry(cfg.data)))
     return out
 
 
 def normalization_of(cfg, it) -> dict:
-    return {"mean": list(it.mean), "std": list(it.std), "image_size": cfg.data.image_size,
-            "channels": cfg.data.channels}
+    return {"mean": list(it.mean), "std": list(it.std), **jdata.geometry(cfg.data), "channels": cfg.data.channels}
 
 
 class ClassificationTask:

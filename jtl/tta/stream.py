@@ -36,7 +36,7 @@ def test_stream(source, *, batch_size: int, order: str = "stored", seed: int = 0
                        f"{batch_size}; use a batch of {len(source)} or fewer")
     norm = normalization
     it = jdata.make_iterator(ordered(source, order, seed), batch_size=batch_size, seed=seed, train=False,
-                             normalize=(norm["mean"], norm["std"]), image_size=norm["image_size"],
+                             normalize=(norm["mean"], norm["std"]), **jdata.geometry(norm),
                              channels=norm["channels"], drop_remainder=True, output="uint8")
     batches = ((np.asarray(b["image"]), np.asarray(b["label"])) for b in it)
     return batches, len(source) % batch_size
