@@ -3,7 +3,8 @@
 ``dg.domains`` lists every domain of the benchmark (dataset names) and ``dg.test`` the
 indices of the held-out ones; the run trains on the others with balanced batches
 (``batch_size / D`` per source domain, :mod:`jtl.dg.batching`) and evaluates, at every
-``eval_every``, each domain's ``val`` split (``val_<name>``, carved with ``data.val_fraction``)
+``eval_every``, each domain's ``val`` split (``val_<name>``, as ``dg.val_split`` says: carved with
+``data.val_fraction`` by default, :mod:`jtl.dg.validation`)
 and each held-out domain's ``test`` split (``test_<name>``): what DomainBed's training-domain
 validation, leave-one-domain-out and oracle selections read (:mod:`jtl.dg.selection`).
 
@@ -23,7 +24,7 @@ import optax
 from jtl import data as jdata
 from jtl.data.classes import RunClasses
 from jtl.dg import pieces as _pieces  # noqa: F401 - registers the DG loss pieces
-from jtl.dg import swad
+from jtl.dg import frozen_bn, swad, validation
 from jtl.data.splits import stratified_subset
 from jtl.dg.batching import DomainBatches, disjoint_positions
 from jtl.dg.model import build_model
@@ -60,9 +61,8 @@ def check_dg(cfg) -> tuple[int, ...]:
     if cfg.batch_size % len(train):
         raise ConfigError(f"batch_size={cfg.batch_size} must be a multiple of the {len(train)} source domains "
                           "(each step takes batch_size / D examples of each)")
-    if not 0 < cfg.data.val_fraction < 1:
-        raise ConfigError("domain generalization needs data.val_fraction in (0, 1): every domain's val split "
-                          "is what model selection reads")
+    validation.check(cfg)
+    frozen_bn.check(cfg)
     if cfg.adapt.target or cfg.recipe != "train":
         raise ConfigError("dg.domains cannot be combined with adapt.target or a linear probe")
     if d.swad:
@@ -76,6 +76,12 @@ def load_split(name: str, split: str, seed: int, val_fraction: float, on_error: 
     seeds) read the same domains again and again."""
     with phase(f"loading {name}:{split}"):
         return jdata.load(name, split, seed=seed, val_fraction=val_fraction, on_error=on_error)
+
+
+def domain_source(cfg, i: int, split: str):
+    """Domain ``i``'s ``split`` (train, val, test) as ``dg.val_split`` defines it (:mod:`jtl.dg.validation`)."""
+    load = lambda name, part, fraction: load_split(name, part, cfg.seed, fraction, cfg.data.on_error)  # noqa: E731
+    return validation.domain_split(cfg, load, cfg.dg.domains[i], split)
 
 
 def eval_splits(cfg) -> dict[str, tuple[int, str]]:
@@ -92,7 +98,7 @@ def eval_splits(cfg) -> dict[str, tuple[int, str]]:
 def eval_source(cfg, i: int, split: str):
     """Domain ``i``'s eval split as the run evaluates it: a ``test`` split cut to ``dg.test_limit``
     images (a seeded stratified subset)."""
-    src = load_split(cfg.dg.domains[i], split, cfg.seed, cfg.data.val_fraction, cfg.data.on_error)
+    src = domain_source(cfg, i, split)
     if split == "test" and cfg.dg.test_limit and cfg.dg.test_limit < len(src):
         src = src.subset(stratified_subset(src.labels, cfg.dg.test_limit, cfg.seed, src.name))
     return src
@@ -132,7 +138,8 @@ class DGTask:
         variables, _ = start_variables(cfg, self.model, x0, as_family=True)
         self.lr = make_schedule(cfg)
         params = variables["params"]
-        extra = {"optimizer": make_optimizer(cfg, params).init(params)}
+        tx = make_optimizer(frozen_bn.optimizer_config(cfg, variables["batch_stats"]), params)
+        extra = {"optimizer": tx.init(params)}
         if "groupdro" in cfg.loss:
             extra["groupdro_q"] = np.full((self.num_domains,), 1.0 / self.num_domains, np.float32)
         if cfg.dg.swad:
@@ -141,8 +148,7 @@ class DGTask:
 
     # -- data ----------------------------------------------------------------------------------
     def _load(self, i: int, split: str):
-        cfg = self.cfg
-        return load_split(cfg.dg.domains[i], split, cfg.seed, cfg.data.val_fraction, cfg.data.on_error)
+        return domain_source(self.cfg, i, split)
 
     def _train_source(self, i: int):
         """Domain ``i``'s training examples: its share of the base images (``dg.disjoint``), then
@@ -195,7 +201,7 @@ class DGTask:
         """One update; the optimizer's state is reset at the anneal step (``dg.reset_optimizer``, as
         DomainBed resets Adam when the IRM / V-REx penalty weight jumps), Group DRO's ``q`` is
         carried in the state, SWAD's sums are accumulated."""
-        tx = make_optimizer(cfg, self.state.params)
+        tx = make_optimizer(frozen_bn.optimizer_config(cfg, self.state.batch_stats), self.state.params)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         anneal = self.anneal_step(cfg) if cfg.dg.reset_optimizer else None
         eval_every = cfg.eval_every or cfg.total_steps
