@@ -1,10 +1,11 @@
-"""configs/pacs.py: its numbers against Transfer-Learning-Library's scripts,
+"""configs/cifar_stl.py and configs/pacs.py: their numbers against Transfer-Learning-Library's scripts,
 their table sweeps, and end-to-end runs on the miniature fakes (tests/fake_benchmarks.py) through
 ``jtl train`` (tiny: cifar_resnet8 at 32 px, a few steps). For PACS also what the recipe adds to
 jtl.dg: frozen BatchNorm (running statistics, and with ``"all"`` scale and bias, exactly the start
 values after training while the rest trained), Dropout before the head, and the training-domain
 validation split (TLlib's 80 / 20 shuffle of each domain's ``all`` list, or the authors' val list)
-checked against the fake's list files read here."""
+checked against the fake's list files read here. Slow (``make test-slow``): the PACS run exactly as
+configured (``"stats"``, TLlib's split) and the Dropout check."""
 
 import json
 import math
@@ -115,11 +116,22 @@ def test_unknown_pacs_names_and_val_split_are_one_line(tmp_path):
         check_dg(cfg("pacs.py:erm", "--config.model.name=vit_tiny_patch16_224", "--config.model.init="))
 
 
+def test_cifar_stl_recipe():
+    """Both directions of the 9-class pair; TLlib's DANN defaults (no CIFAR-STL script), from scratch."""
+    c = cfg("cifar_stl.py:dann,task=S2C")
+    assert (c.data.train, c.adapt.target, tuple(c.data.eval)) == ("stl9", "cifar9", ("target_test=cifar9:test",))
+    assert c.model.num_classes == 9 and c.model.init == "" and c.data.image_size == 32
+    assert (c.optim.lr, c.batch_size, c.total_steps, c.adapt.bottleneck_dim) == (0.01, 32, 20 * 1000, 256)
+    assert {m for _, _, m in c.optim.groups} == {1.0}  # from scratch: no backbone x0.1
+    assert cfg("cifar_stl.py:mdd").data.train == "cifar9"  # C2S is the default task
+    assert len(load_sweep(str(ROOT / "configs/cifar_stl.py:table,seeds=0"))) == 2 * 9
+
+
 # ---------------------------------------------------------------------------------- end to end on the fakes
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    for d in ("pacs",):
+    for d in ("pacs", "cifar10", "stl10"):
         fake_benchmarks.make_layout(d, root)
     mp = pytest.MonkeyPatch()
     mp.setenv("JTL_DATA_DIR", str(root))
@@ -220,3 +232,18 @@ def test_dropout_before_the_head_only_in_training():
     w, b = (np.asarray(v["params"]["head"][k]) for k in ("kernel", "bias"))
     np.testing.assert_allclose(np.asarray(logits), np.asarray(feats["pooled"]) @ w + b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(model.apply(v, x)), np.asarray(plain.apply(v, x)), rtol=1e-6)
+
+
+def test_cifar_stl_trains_end_to_end(data_dir, tmp_path):
+    """DANN on cifar9 -> stl9 through ``jtl train``: STL's frog-free nine classes tested whole."""
+    wd = tmp_path / "dann"
+    rc, out, err = run_jtl("train", "--config", ROOT / "configs/cifar_stl.py:dann,task=C2S,steps=2", "--workdir", wd,
+                           "--config.model.name=cifar_resnet8", "--config.batch_size=4", "--config.eval_batch_size=8")
+    assert rc == 0, err[-3000:]
+    metrics = json.loads((wd / "summary.json").read_text())["final"]["target_test"]
+    _, labels = fake_benchmarks.digit_images("stl10", "test")
+    kept = [n for n in fake_benchmarks.STL10_NAMES if n != "monkey"]
+    assert metrics["count"] == sum(fake_benchmarks.STL10_NAMES[y] in kept for y in labels)
+    assert 0 <= metrics["top1"] <= 1
+    recorded = json.loads((wd / "config.json").read_text())
+    assert (recorded["data"]["train"], recorded["adapt"]["target"]) == ("cifar9", "stl9")

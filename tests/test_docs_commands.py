@@ -91,9 +91,11 @@ EXCEPTIONS = {
         "covers fetching, checksums and the offline error)",
     **{f"jtl sweep --config configs/{b}.py:table --workdir runs/{b}": _BENCHMARK for b in _BENCHMARKS},
     **{f"jtl collect runs/{b} {how} --select none --out {b}.md": _BENCHMARK for b, how in _BENCHMARKS.items()},
-    **{c: "a whole table on PACS (not reachable here; tests/test_cifar_stl_pacs_configs.py runs pacs.py on a "
-          "miniature fake)" for c in ("jtl sweep --config configs/pacs.py:table --workdir runs/pacs",
-                                      "jtl collect --domainbed runs/pacs")},
+    **{c: "a whole table on CIFAR-10/STL-10 or PACS (not reachable here; tests/test_cifar_stl_pacs_configs.py "
+          "runs cifar_stl.py and pacs.py on miniature fakes)"
+       for c in ("jtl sweep --config configs/cifar_stl.py:table --workdir runs/cifar_stl",
+                 "jtl collect runs/cifar_stl --group-by loss,data.train,adapt.target --select none --out cifar_stl.md",
+                 "jtl sweep --config configs/pacs.py:table --workdir runs/pacs", "jtl collect --domainbed runs/pacs")},
     "JTL_COORDINATOR=host0:1234 JTL_NUM_PROCESSES=2 JTL_PROCESS_ID=0 jtl train ...":
         "a template ('jtl train ...') of " + _MULTI_HOST,
     "JTL_COORDINATOR=127.0.0.1:12355 JTL_NUM_PROCESSES=2 JTL_PROCESS_ID=0 "
