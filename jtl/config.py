@@ -18,7 +18,8 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
-from jtl.errors import ConfigError, JtlError
+from jtl.config_optim import check_optim
+from jtl.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -349,19 +350,7 @@ def validate(c: ConfigDict) -> None:
     need(c.total_steps > 0, f"total_steps must be positive, got {c.total_steps}")
     need(c.grad_accum_steps >= 1 and c.batch_size % c.grad_accum_steps == 0,
          f"batch_size {c.batch_size} must be a multiple of grad_accum_steps {c.grad_accum_steps}")
-    need(math.isfinite(c.optim.lr) and c.optim.lr >= 0, f"optim.lr must be a finite non-negative number, got {c.optim.lr}")
-    need(math.isfinite(c.optim.clip_norm) and c.optim.clip_norm >= 0,
-         f"optim.clip_norm must be finite and >= 0 (0 = off), got {c.optim.clip_norm}")
-    need(math.isfinite(c.optim.weight_decay) and c.optim.weight_decay >= 0,
-         f"optim.weight_decay must be finite and >= 0, got {c.optim.weight_decay}")
-    need(c.optim.name in ("sgd", "adam", "adamw"), f"optim.name must be sgd, adam or adamw, got {c.optim.name!r}")
-    need(c.optim.schedule in ("constant", "cosine", "step", "inv"),
-         f"optim.schedule must be constant, cosine, step or inv, got {c.optim.schedule!r}")
-    if c.optim.name == "sgd":
-        need(math.isfinite(c.optim.momentum) and 0 <= c.optim.momentum < 1,
-             f"optim.momentum must be in [0, 1) (0 = plain SGD), got {c.optim.momentum}")
-    need(0 <= c.optim.warmup_steps < c.total_steps,
-         f"optim.warmup_steps={c.optim.warmup_steps} must be >= 0 and less than total_steps={c.total_steps}")
+    check_optim(c.optim, c.total_steps)
     need(c.data.on_error in ("raise", "skip"), f"data.on_error must be raise or skip, got {c.data.on_error!r}")
     labels = parse_eval(c.data.eval)
     held_out = parse_eval(c.data.test, "data.test")
@@ -383,13 +372,7 @@ def validate(c: ConfigDict) -> None:
         importlib.import_module("jtl.weights.registry").check_normalization(c.model.init, c.data.normalize)
     need(c.model.num_classes > 0, f"model.num_classes must be positive, got {c.model.num_classes}")
     need(c.data.image_size > 0, f"data.image_size must be positive, got {c.data.image_size}")
-    need(c.data.resize == 0 or c.data.resize >= c.data.image_size, f"data.resize must be 0 (off) or at least "
-         f"data.image_size={c.data.image_size} (crops are cut from the resized image), got {c.data.resize}")
-    need(c.data.eval_crop in ("none", "center"), f"data.eval_crop must be none or center, got {c.data.eval_crop!r}")
-    try:  # augmentation names and options, at most one crop: refused before a workdir is written
-        importlib.import_module("jtl.data.augment").parse(c.data.augment)
-    except JtlError as e:
-        raise ConfigError(f"data.augment: {e}") from None
+    importlib.import_module("jtl.data.augment").check_config(c.data)  # resize, eval_crop, augment
     for step_key in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints", "data.limit"):
         node = c
         for k in step_key.split("."):
@@ -399,9 +382,6 @@ def validate(c: ConfigDict) -> None:
     from jtl.train.adapt_heads import check_switches  # noqa: PLC0415 - the switches' values live with the model
 
     check_switches(c.adapt)
-    for group in c.optim.groups:
-        need(isinstance(group, tuple) and len(group) == 3, f"optim.groups entries are (name, regex, lr_mult), got {group!r}")
-    need(0 <= c.optim.layer_decay <= 1, f"optim.layer_decay must be in (0, 1] (0 = off), got {c.optim.layer_decay}")
     for key, regexes in (("freeze", c.freeze), ("optim.groups", [g[1] for g in c.optim.groups]),
                          ("optim.no_decay", c.optim.no_decay)):
         for rx in regexes:

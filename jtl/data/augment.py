@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from jtl.errors import DataError
+from jtl.errors import ConfigError, DataError, JtlError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,6 +63,21 @@ def parse(augment: Sequence | None) -> dict[str, dict[str, Any]]:
     if len([c for c in CROPS if c in out]) > 1:
         raise DataError(f"augment takes one crop of {', '.join(CROPS)}; got {[c for c in CROPS if c in out]}")
     return out
+
+
+def check_config(data) -> None:
+    """``cfg.data``'s geometry and augmentation, refused with one line before a workdir is written:
+    ``resize`` 0 or at least ``image_size``, ``eval_crop`` none or center, known augmentations with
+    at most one crop."""
+    if not (data.resize == 0 or data.resize >= data.image_size):
+        raise ConfigError(f"data.resize must be 0 (off) or at least data.image_size={data.image_size} "
+                          f"(crops are cut from the resized image), got {data.resize}")
+    if data.eval_crop not in ("none", "center"):
+        raise ConfigError(f"data.eval_crop must be none or center, got {data.eval_crop!r}")
+    try:
+        parse(data.augment)
+    except JtlError as e:
+        raise ConfigError(f"data.augment: {e}") from None
 
 
 def geometry(spec) -> dict:
