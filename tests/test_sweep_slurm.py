@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import slurm_cluster
@@ -140,7 +141,14 @@ def test_slurm_sweep_equals_local_and_resumes_a_cancelled_job(slurm_env, sweep_f
             assert 1 <= summary["resumed_from"] < 40, summary["resumed_from"]
         else:
             assert summary["resumed_from"] is None and summary["vectorized_members"] == 2
-        assert _numbers(out / r.name) == _numbers(r.workdir), r.name
+        got, want = _numbers(out / r.name), _numbers(r.workdir)
+        if r.name in slow and summary.get("vectorized_members") != 2:
+            # Resumed one run at a time (the kill fell between the members' saves) against the local
+            # vectorized group: the global gradient norm sums the same squares in another order
+            # (seen: 1e-7 relative); every loss, accuracy and evaluation stays exactly equal.
+            norms = [(a.pop("train/grad_norm"), b.pop("train/grad_norm")) for a, b in zip(got[0], want[0])]
+            np.testing.assert_allclose(*zip(*norms), rtol=1e-6, err_msg=r.name)
+        assert got == want, r.name
     assert _table(out) == _table(tmp_path / "local")
 
 
