@@ -2,8 +2,8 @@
 
     y[n, i, j, c] = sum_{a, b} x_pad[n, s i + a, s j + b, c] * w[a, b, 0, c]
 
-(kernel HWIO with I = 1). Two lowerings of the same sum, chosen per platform when the
-program is lowered (``jax.lax.platform_dependent``): on CPU, k*k shifted, strided
+(kernel HWIO with I = 1). Two lowerings of the same sum, chosen by jax's default backend when
+the program is traced (``jtl.models.layers.on_cpu``, as the ResNets' convolutions): on CPU, k*k shifted, strided
 products that XLA fuses into one loop — XLA:CPU's grouped convolution is slow (on a
 (16, 56, 56, 96) input, 7x7: about 7x faster forward and 5x in the gradient, see
 scripts/bench_conv_layers.py); on GPU and TPU, XLA's grouped convolution
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from jtl.models.layers import on_cpu
 
 
 def depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
@@ -40,7 +42,6 @@ def depthwise_grouped(x: jax.Array, kernel: jax.Array, stride: int = 1, padding:
 
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0) -> jax.Array:
     """Depthwise convolution: shifted products on CPU, grouped convolution elsewhere."""
-    return jax.lax.platform_dependent(
-        x, kernel,
-        cpu=lambda x, w: depthwise_shifted(x, w, stride, padding),
-        default=lambda x, w: depthwise_grouped(x, w, stride, padding))
+    if on_cpu():
+        return depthwise_shifted(x, kernel, stride, padding)
+    return depthwise_grouped(x, kernel, stride, padding)
