@@ -59,6 +59,12 @@ def run_cases(root: Path) -> dict:
 
 def test_losses_equal_the_recorded_ones(tmp_path, monkeypatch):
     monkeypatch.setenv("JTL_DATA_DIR", str(tmp_path / "data"))
+    # The reference ran XLA's own convolution weight gradient; the tap-by-tap one that jtl now
+    # uses for inputs of few channels sums in another order (checked against XLA's in
+    # tests/test_perf_numerics.py), so this test of the training code keeps XLA's.
+    from jtl.models import layers
+
+    monkeypatch.setattr(layers, "FEW_INPUT_CHANNELS", 0)
     want = json.loads(REFERENCE.read_text())
     got = run_cases(tmp_path)
     assert set(got) == set(want["cases"])

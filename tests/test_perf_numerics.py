@@ -2,8 +2,8 @@
 library jtl.bench: its PyTorch reference models against jtl's architectures, its DANN step,
 its convolution recording and its grouping of compiled operations.
 
-``conv2d`` (1x1 kernels as a matrix product, im2col on maps of <= 2x2 outputs, XLA's
-convolution elsewhere) and ``max_pool_3x3_s2`` (custom gradient) must agree with
+``conv2d`` (1x1 kernels as a matrix product, im2col on maps of <= 2x2 outputs, the weight
+gradient tap by tap for inputs of few channels, XLA's convolution elsewhere) and ``max_pool_3x3_s2`` (custom gradient) must agree with
 ``conv2d_plain`` / ``max_pool_3x3_s2_plain`` within 1e-5 relative, forward and gradients.
 """
 
@@ -57,6 +57,16 @@ def test_small_maps_take_the_im2col_path():
     assert "convolution" not in hlo and "dot_general" in hlo
     hlo = jax.jit(lambda x, w: L.conv2d(x, w, 1, 1)).lower(jnp.ones((2, 8, 8, 4)), w).as_text()
     assert "convolution" in hlo
+
+
+def test_few_input_channels_take_the_tap_by_tap_weight_gradient():
+    # below FEW_INPUT_CHANNELS the weight gradient is dot products, above it XLA's convolution
+    def grad_hlo(c):
+        x, w = jnp.ones((2, 8, 8, c)), jnp.ones((3, 3, c, 8))
+        return jax.jit(jax.grad(lambda w: jnp.sum(L.conv2d(x, w, 1, 1)))).lower(w).as_text()
+
+    assert "dot_general" in grad_hlo(L.FEW_INPUT_CHANNELS - 1)
+    assert "dot_general" not in grad_hlo(L.FEW_INPUT_CHANNELS)
 
 
 @pytest.mark.parametrize("shape", [(2, 9, 9, 3), (3, 8, 8, 4), (2, 2, 2, 3), (1, 1, 1, 2), (2, 5, 7, 3)])

@@ -6,6 +6,7 @@ porting, optax partitions and orbax checkpoints see ordinary pytrees.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -129,6 +130,8 @@ def conv2d_cpu(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
       2-D product its weight gradient ``x^T g`` is 1.5-3x faster on XLA:CPU than that of the
       same contraction written over ``n, h, w``; ResNet-50 step +23%);
     - outputs of at most ``SMALL_MAP_PIXELS`` pixels: im2col (:func:`conv2d_im2col`);
+    - inputs of fewer than ``FEW_INPUT_CHANNELS`` channels: XLA's convolution with a weight
+      gradient tap by tap (:func:`conv2d_tap_grad`);
     - otherwise XLA's convolution.
 
     All are the same sum of products (only the summation order differs), so results
@@ -145,7 +148,46 @@ def conv2d_cpu(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
     ho, wo = (_out_size(n, k, stride, padding) for n in x.shape[1:3])
     if ho * wo <= SMALL_MAP_PIXELS:
         return conv2d_im2col(x, kernel, stride, padding)
+    if x.shape[-1] < FEW_INPUT_CHANNELS:
+        return conv2d_tap_grad(x, kernel, stride, padding)
     return conv2d_plain(x, kernel, stride, padding)
+
+
+# Inputs with fewer channels than this get their weight gradient tap by tap: XLA:CPU's own
+# weight gradient runs there at 1-5 GFLOP/s, 2-5x slower than the taps (docs/benchmarks.md).
+FEW_INPUT_CHANNELS = 32
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d_tap_grad(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """XLA's convolution, with the weight gradient as one matrix product per kernel tap:
+    ``dW[di, dj] = x_pad[:, di::s, dj::s, :]^T g`` over the ``N*Ho*Wo`` output positions
+    (accumulated in float32); the input gradient is XLA's."""
+    return conv2d_plain(x, kernel, stride, padding)
+
+
+def _tap_grad_fwd(x, kernel, stride, padding):
+    return conv2d_plain(x, kernel, stride, padding), (x, kernel)
+
+
+def _tap_grad_bwd(stride, padding, res, g):
+    x, kernel = res
+    _, input_vjp = jax.vjp(lambda x: conv2d_plain(x, kernel, stride, padding), x)
+    n, _, _, c = x.shape
+    k, o = kernel.shape[0], kernel.shape[-1]
+    ho, wo = g.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    g2 = g.reshape(n * ho * wo, o)
+    taps = [
+        jnp.dot(jax.lax.slice(xp, (0, di, dj, 0), (n, di + stride * (ho - 1) + 1, dj + stride * (wo - 1) + 1, c),
+                              (1, stride, stride, 1)).reshape(n * ho * wo, c).T, g2,
+                preferred_element_type=jnp.float32)
+        for di in range(k) for dj in range(k)
+    ]
+    return input_vjp(g)[0], jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+
+
+conv2d_tap_grad.defvjp(_tap_grad_fwd, _tap_grad_bwd)
 
 
 def _out_size(n: int, k: int, stride: int, padding: int) -> int:
