@@ -30,7 +30,8 @@ def check(cfg) -> None:
         raise ConfigError(f"dg.val_split must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "published":
         for name in cfg.dg.domains:
-            if "val" not in jdata.info(name, on_error=cfg.data.on_error).splits:
+            # val_fraction=0: a val split carved out of train (the default fraction) is not its own
+            if "val" not in jdata.info(name, on_error=cfg.data.on_error, val_fraction=0.0).splits:
                 raise ConfigError(f"dg.val_split=published: {name} has no val split of its own; use "
                                   "dg.val_split=carve with data.val_fraction")
     elif not 0 < cfg.data.val_fraction < 1:
