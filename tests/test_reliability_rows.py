@@ -1,5 +1,5 @@
 """Rows of docs/reliability.md's bad-input table that had no test (70, 71, 75, 78, 79) and the rows
-added for the one-line errors that had none (81-89).
+added for the one-line errors that had none (81-95).
 
 Each test provokes the error through the entry point its row names (``jtl.cli.main`` in this
 process; two real processes for the multi-process row) and checks exit status 2, exactly one
@@ -72,9 +72,11 @@ def snapshot(directory: Path) -> dict:
 
 
 def refused_train(config, workdir: Path, *overrides, patterns) -> str:
-    """``jtl train`` refused in one line holding ``patterns``; nothing logged or checkpointed."""
+    """``jtl train`` refused in one line holding ``patterns``; nothing logged or checkpointed (an error
+    raised once the trainer has started, like lwf's, leaves an empty ``checkpoints/``, which does not
+    keep the corrected command out of the workdir)."""
     line = one_line_error(run_jtl("train", "--config", config, "--workdir", workdir, *overrides), *patterns)
-    assert not (workdir / "metrics.jsonl").exists() and not (workdir / "checkpoints").exists()
+    assert not (workdir / "metrics.jsonl").exists() and not list(workdir.glob("checkpoints/*"))
     return line
 
 
@@ -274,6 +276,11 @@ CONFIG_ROWS = {
                                                            "size 1078"),
     "shift_parameter_not_integer": (["--config.data.train=digits:angle@x"],
                                     "shift parameter must be an integer, got 'angle@x' in 'digits:angle@x'"),
+    "folder_without_path": (["--config.data.train=folder:"], "'folder:': give a path after 'folder:'"),
+    "shift_seed_not_integer": (["--config.data.train=digits:invert#x"],
+                               "'digits:invert#x': the shift seed after '#' must be an integer"),
+    "lwf_without_init": (["--config.loss={'ce':1.0,'lwf':1.0}"],
+                         "loss piece 'lwf' needs a starting model with a classifier head (model.init)"),
     # row 88
     "vit_size_not_patch_multiple": (["--config.model.name=vit_tiny_patch16_224", "--config.data.image_size=20"],
                                     "ViT input 20x20 is not a multiple of the patch size 16; use image_size = k*16"),
@@ -311,3 +318,60 @@ def test_command_line_option_rows(run, configs, tmp_path):
     one_line_error(run_jtl("collect", run, "--plot-out", tmp_path / "p.png"),
                    "--plot-out needs --plot KEY (the config key on the x axis)", alone=True)
     assert not (tmp_path / "p.png").exists()
+
+
+# ---------------------------------------------------------------- rows 91-95: more command-line options
+
+CLI_ROWS = {  # (arguments with RUN = the tiny run and TMP = the test's directory, message)
+    # row 91
+    "port_file_without_arch": (["port", "--src", "TMP/f.pth", "--out", "TMP/out"],
+                               "--arch is required when --src is a file"),
+    "port_registry_other_arch": (["port", "--src", "resnet18.tv_in1k", "--arch", "resnet50", "--out", "TMP/out"],
+                                 "--src resnet18.tv_in1k holds resnet18 weights, not --arch resnet50"),
+    # row 92
+    "eval_not_a_run": (["eval", "--workdir", "TMP", "--split", "digits:test"], "TMP is not a jtl run directory "
+                                                                               "(no config.json)"),
+    "rank_not_a_run": (["rank", "--models", "TMP", "--dataset", "digits"], "TMP is not a jtl run directory"),
+    "rank_unknown_score": (["rank", "--models", "RUN", "--dataset", "digits", "--scores", "foo"],
+                           "--scores 'foo': choose from logme, leep, nce, h_score, transrate"),
+    "rank_negative_limit": (["rank", "--models", "RUN", "--dataset", "digits", "--limit", "-1"],
+                            "--limit must be >= 0 (0: all images), got -1"),
+    "rank_classes_not_ids": (["rank", "--models", "RUN", "--dataset", "digits", "--classes", "a,b"],
+                             "--classes must be comma-separated class ids, got 'a,b'"),
+    # row 93
+    "collect_no_runs": (["collect", "TMP"], "no runs under TMP (no sweep.json, config.json or summary.json found)"),
+    "collect_unknown_metric": (["collect", "RUN", "--metric", "val/top9"], "no finished run has metric 'val/top9'"),
+    "collect_unknown_selection": (["collect", "RUN", "--select", "foo"],
+                                  "unknown selection method 'foo': choose from source_val, dev, snd, im, oracle"),
+    # row 94
+    "coordinator_not_host_port": (["train", "--config", "TINY", "--workdir", "TMP/w", "--coordinator", "foo",
+                                   "--num-processes", "2", "--process-id", "0"],
+                                  "coordinator 'foo' must be HOST:PORT, e.g. 10.0.0.1:1234 (process 0's address)"),
+    "process_id_out_of_range": (["train", "--config", "TINY", "--workdir", "TMP/w", "--coordinator", "h:1",
+                                 "--num-processes", "2", "--process-id", "5"],
+                                "process id 5 of 2 processes: need 0 <= id < count"),
+    "multi_process_incomplete": (["train", "--config", "TINY", "--workdir", "TMP/w", "--num-processes", "2"],
+                                 "a multi-process run needs JTL_COORDINATOR, JTL_NUM_PROCESSES and JTL_PROCESS_ID "
+                                 "(or --coordinator, --num-processes, --process-id); missing: JTL_COORDINATOR, "
+                                 "JTL_PROCESS_ID"),
+    # row 95
+    "sweep_devices_per_group": (["sweep", "--config", "configs/dg_rotated_fmnist.py:sweep", "--workdir", "TMP/w",
+                                 "--devices-per-group", "0"], "--devices-per-group must be >= 1, got 0"),
+    "sweep_slurm_option_without_slurm": (["sweep", "--config", "configs/dg_rotated_fmnist.py:sweep", "--workdir",
+                                          "TMP/w", "--sbatch", "qos=high"],
+                                         "--sbatch is a SLURM option: add --launcher slurm"),
+    "data_option_not_key_value": (["data", "stats", "digits", "-o", "limit"],
+                                  "option 'limit' must look like KEY=VALUE"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_ROWS))
+def test_cli_row(run, configs, tmp_path, monkeypatch, case):
+    for var in ("JTL_COORDINATOR", "JTL_NUM_PROCESSES", "JTL_PROCESS_ID", "JTL_DISTRIBUTED"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "f.pth").write_bytes(b"not a checkpoint")
+    fill = lambda a: a.replace("RUN", str(run)).replace("TMP", str(tmp_path)).replace("TINY", str(configs / "tiny.py"))
+    args, pattern = CLI_ROWS[case]
+    before = snapshot(run)
+    one_line_error(run_jtl(*map(fill, args)), fill(pattern), alone=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pth"] and snapshot(run) == before
