@@ -1,5 +1,5 @@
 """Rows of docs/reliability.md's bad-input table that had no test (70, 71, 75, 78, 79) and the rows
-added for the one-line errors that had none (81-95).
+added for the one-line errors that had none (81-97).
 
 Each test provokes the error through the entry point its row names (``jtl.cli.main`` in this
 process; two real processes for the multi-process row) and checks exit status 2, exactly one
@@ -63,6 +63,10 @@ def get_config(arg=None):
             "adapt": {"target": "digits", "target_split": "test", "source_free": True},
             "loss": {"im": 1.0}, "batch_size": 16, "total_steps": 2, "checkpoint_every": 0, "progress": False}
 """)
+    base = ('def get_config(arg=None):\n    return {"model": {"name": "cifar_resnet8", "num_classes": 10}, '
+            '"data": {"train": "digits", "image_size": 8, "channels": 1}}\n')
+    for name, runs in (("twice", '[{"optim.lr": 0.1}, {"optim.lr": 0.1}]'), ("none", "[]"), ("dict", '{"x": 1}')):
+        (d / f"sweep_{name}.py").write_text(base + f"def get_sweep():\n    return {runs}\n")
     return d
 
 
@@ -320,7 +324,7 @@ def test_command_line_option_rows(run, configs, tmp_path):
     assert not (tmp_path / "p.png").exists()
 
 
-# ---------------------------------------------------------------- rows 91-95: more command-line options
+# ---------------------------------------------------------------- rows 91-97: more command-line options
 
 CLI_ROWS = {  # (arguments with RUN = the tiny run and TMP = the test's directory, message)
     # row 91
@@ -362,6 +366,20 @@ CLI_ROWS = {  # (arguments with RUN = the tiny run and TMP = the test's director
                                          "--sbatch is a SLURM option: add --launcher slurm"),
     "data_option_not_key_value": (["data", "stats", "digits", "-o", "limit"],
                                   "option 'limit' must look like KEY=VALUE"),
+    # row 96
+    "da_results_seeds_not_integers": (["da-results", "--config", "configs/da_digits.py", "--seeds", "a,b",
+                                       "--workdir", "TMP/w"], "--seeds must be comma-separated integers, got 'a,b'"),
+    "da_results_no_seed": (["da-results", "--config", "configs/da_digits.py", "--seeds", ",", "--workdir", "TMP/w"],
+                           "--seeds names no seed"),
+    "da_results_unknown_method": (["da-results", "--config", "configs/da_digits.py", "--methods", "foo",
+                                   "--workdir", "TMP/w"], "unknown method or control foo (methods: source_only, dann"),
+    # row 97
+    "sweep_same_overrides_twice": (["sweep", "--config", "CFG/sweep_twice.py", "--workdir", "TMP/w"],
+                                   "CFG/sweep_twice.py: get_sweep returns the same overrides twice"),
+    "sweep_no_runs": (["sweep", "--config", "CFG/sweep_none.py", "--workdir", "TMP/w"],
+                      "CFG/sweep_none.py: get_sweep returned no runs"),
+    "sweep_not_a_list": (["sweep", "--config", "CFG/sweep_dict.py", "--workdir", "TMP/w"],
+                         "CFG/sweep_dict.py: get_sweep must return a list of override dicts"),
 }
 
 
@@ -370,7 +388,8 @@ def test_cli_row(run, configs, tmp_path, monkeypatch, case):
     for var in ("JTL_COORDINATOR", "JTL_NUM_PROCESSES", "JTL_PROCESS_ID", "JTL_DISTRIBUTED"):
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "f.pth").write_bytes(b"not a checkpoint")
-    fill = lambda a: a.replace("RUN", str(run)).replace("TMP", str(tmp_path)).replace("TINY", str(configs / "tiny.py"))
+    fill = lambda a: (a.replace("RUN", str(run)).replace("TMP", str(tmp_path)).replace("TINY", str(configs / "tiny.py"))
+                      .replace("CFG", str(configs)))
     args, pattern = CLI_ROWS[case]
     before = snapshot(run)
     one_line_error(run_jtl(*map(fill, args)), fill(pattern), alone=True)
