@@ -288,6 +288,8 @@ CONFIG_ROWS = {
     # row 88
     "vit_size_not_patch_multiple": (["--config.model.name=vit_tiny_patch16_224", "--config.data.image_size=20"],
                                     "ViT input 20x20 is not a multiple of the patch size 16; use image_size = k*16"),
+    "vgg_input_too_small": (["--config.model.name=vgg11", "--config.data.image_size=8"],
+                            "the input shrinks to a 1x1 map before a 2x2 max pool; use a larger data.image_size"),
 }
 
 

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jtl.errors import ConfigError
 from jtl.models.backbones import Family, default_torch_key, register_family
 from jtl.models.depthwise import depthwise_conv2d
 from jtl.models.layers import BatchNorm, conv2d, per_member_op
@@ -121,6 +122,9 @@ def max_pool(x: jax.Array, k: int, stride: int) -> jax.Array:
     """``torch.nn.MaxPool2d(k, stride)`` (no padding, floor mode) as the maximum of k*k
     strided slices, which keeps XLA's slow ``select_and_scatter`` out of the gradient."""
     n, h, w, c = x.shape
+    if min(h, w) < k:
+        raise ConfigError(f"the input shrinks to a {h}x{w} map before a {k}x{k} max pool; use a larger "
+                          "data.image_size (VGG needs at least 32 px, AlexNet 63)")
     ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
     taps = [jax.lax.slice(x, (0, di, dj, 0), (n, di + stride * (ho - 1) + 1, dj + stride * (wo - 1) + 1, c),
                           (1, stride, stride, 1)) for di in range(k) for dj in range(k)]
