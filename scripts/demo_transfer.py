@@ -3,7 +3,9 @@
 1. Pretrain ``cifar_resnet8`` on the source task (Fashion-MNIST classes 0-4).
 2. On the target task (classes 5-9) with 100 / 1,000 / all 30,000 labels, compare
    a linear probe on the frozen pretrained features, full fine-tuning from the
-   pretrained weights, and training from scratch.
+   pretrained weights, and training from scratch; every fine-tuning and from-scratch
+   run sees the same number of images (``--target-steps`` x ``--batch``), only its
+   label pool differs (a probe, on cached features, keeps its recipe's 300 steps).
 3. Print the table of target test top-1, write ``results.json``, ``results.md``
    and ``transfer.png`` into the workdir.
 4. Domain adaptation on one shift (``configs/da_fmnist_noise.py``: Fashion-MNIST ->
@@ -41,13 +43,11 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def budget_overrides(budget: int) -> list[str]:
-    """Steps and batch per label budget: small budgets take small batches and fewer steps."""
-    if budget == 100:
-        return ["data.limit=100", "batch_size=50", "total_steps=150"]
-    if budget == 1000:
-        return ["data.limit=1000", "total_steps=250"]
-    return ["data.limit=0", "total_steps=300"]
+def budget_overrides(budget: int, steps: int, batch: int) -> list[str]:
+    """Every target run gets the same compute (``steps`` x ``batch`` images); only its label pool
+    differs. One batch and one step count for every budget make the runs of a recipe one compiled
+    program (jax's persistent cache compiles it once)."""
+    return [f"data.limit={budget}", f"batch_size={batch}", f"total_steps={steps}"]
 
 
 def run(recipe: str, workdir: Path, overrides: list[str]) -> dict:
@@ -127,7 +127,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="out/demo")
     p.add_argument("--budgets", default="100,1000,0", help="target label budgets; 0 = all")
-    p.add_argument("--da-steps", type=int, default=100, help="adaptation section: steps of each run (0: skip it)")
+    p.add_argument("--source-steps", type=int, default=250, help="steps of the source pretraining")
+    p.add_argument("--target-steps", type=int, default=100, help="steps of every target run (each label budget)")
+    p.add_argument("--batch", type=int, default=50, help="batch of the source and target runs")
+    p.add_argument("--da-steps", type=int, default=60, help="adaptation section: steps of each run (0: skip it)")
     a = p.parse_args(argv)
     from jtl.errors import JtlError  # noqa: PLC0415
 
@@ -138,14 +141,18 @@ def main(argv=None) -> int:
     t0, c0 = time.perf_counter(), cpu_s()
     try:
         print("pretraining on the source task (Fashion-MNIST classes 0-4) ...", flush=True)
-        source = run("source", out / "source", [])
+        source = run("source", out / "source", [f"batch_size={a.batch}", f"total_steps={a.source_steps}"])
         print(f"  source test top-1 {source['final']['test']['top1']:.4f}", flush=True)
         results: dict = {r: {} for r in RECIPES}
         for budget, label in zip(budgets, labels):
             print(f"target task (classes 5-9) with {label} labels ...", flush=True)
             for recipe in RECIPES:
                 init = [] if recipe == "scratch" else [f"model.init={out / 'source'}"]
-                s = run(recipe, out / f"{recipe}_{budget or 'all'}", budget_overrides(budget) + init)
+                # A probe trains on cached features (nearly free): it keeps its recipe's steps and batch.
+                probe_batch = min(128, budget // 2) if budget else 128
+                overrides = ([f"data.limit={budget}", f"batch_size={probe_batch}"] if recipe == "linear_probe" else
+                             budget_overrides(budget, a.target_steps, a.batch)) + init
+                s = run(recipe, out / f"{recipe}_{budget or 'all'}", overrides)
                 results[recipe][str(budget)] = s["final"]["test"]["top1"]
         wall, cpu = time.perf_counter() - t0, cpu_s() - c0
         da_rows, da_table, t1, c1 = {}, [], time.perf_counter(), cpu_s()

@@ -13,7 +13,7 @@ grammar such as ``NAME := ...``) is not:
   an offline variant, with the reason); a ``jtl`` line that neither runs nor is
   excepted fails the test.
 - ``make TARGET``: the target must exist in the Makefile (not run: ``make test`` is
-  this suite, ``make demo`` trains 19 runs for 8 minutes).
+  this suite, ``make demo`` trains 14 runs for about 8 minutes).
 - ``[.venv/bin/]python[3] scripts/X.py ...``: the script must exist and every
   ``--option`` of the line must appear in its source (not run: benchmarks and
   studies that take minutes to hours).
