@@ -1,11 +1,12 @@
 """Every convolution of a train step, jtl (XLA:CPU) against PyTorch (oneDNN), layer by layer.
 
-    .venv/bin/python scripts/bench_conv_layers.py [--case resnet18_64] [--repeats 7]
+    .venv/bin/python scripts/bench_conv_layers.py [--case resnet18_64] [--repeats 7] [--few-input-channels N]
     (figures: docs/benchmarks.md, "Train step vs PyTorch")
 
 For a case of ``scripts/bench_train_step.py`` the script records the shape of every call to
 ``jtl.models.layers.conv2d`` while tracing the model (so jtl's own dispatch is measured: 1x1
-kernels as a matrix product, im2col on <= 2x2 outputs, XLA's convolution elsewhere), then
+kernels as a matrix product, im2col on <= 2x2 outputs, weight gradients tap by tap below
+``FEW_INPUT_CHANNELS`` input channels, XLA's convolution elsewhere), then
 times, per distinct layer, the three convolutions of a train step on random data:
 
 - ``fwd``: the convolution; ``dw``: its weight gradient; ``dx``: its input gradient (jtl: the
@@ -43,7 +44,13 @@ def main(argv=None) -> int:
     p.add_argument("--case", default="resnet18_64", choices=sorted(CASES))
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--with-step", action="store_true", help="also time both whole train steps")
+    p.add_argument("--few-input-channels", type=int, default=None,
+                   help="jtl.models.layers.FEW_INPUT_CHANNELS for this run (0: XLA's weight gradient everywhere)")
     a = p.parse_args(argv)
+    if a.few_input_channels is not None:
+        from jtl.models import layers
+
+        layers.FEW_INPUT_CHANNELS = a.few_input_channels
     import torch
 
     from jtl.bench.conv_layers import conv_gflop, conv_layers, time_layer, time_steps
