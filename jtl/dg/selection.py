@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from jtl.errors import ConfigError
-from jtl.results.runs import _read_json  # an unreadable file: one line naming it
+from jtl.results.runs import read_json
 
 METHODS = {
     "train_val": "Training-domain validation",
@@ -72,7 +72,7 @@ def load_runs(dirs) -> tuple[list[DGRun], list[Path]]:
         if not Path(d).is_dir():
             raise ConfigError(f"no such directory: {d}")
         for cfg_file in sorted(Path(d).rglob("config.json")):
-            cfg = _read_json(cfg_file, "config")
+            cfg = read_json(cfg_file, "config")
             dg = cfg.get("dg") or {}
             if not dg.get("domains"):
                 continue
@@ -80,7 +80,7 @@ def load_runs(dirs) -> tuple[list[DGRun], list[Path]]:
             if not (wd / "summary.json").exists():
                 unfinished.append(wd)
                 continue
-            summary = _read_json(wd / "summary.json", "summary")
+            summary = read_json(wd / "summary.json", "summary")
             names = tuple(dg.get("names") or [f"d{i}" for i in range(len(dg["domains"]))])
             runs.append(DGRun(wd, dg.get("algorithm") or "+".join(cfg["loss"]), tuple(dg["test"]),
                               int(dg.get("hparams_seed", 0)), int(cfg["seed"]), names, _records(wd, summary)))

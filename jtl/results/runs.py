@@ -80,7 +80,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_json(path: Path, what: str):
+def read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -98,7 +98,7 @@ def load_run(path: Path, *, overrides: dict | None = None, sweep: Path | None = 
     over = overrides
     if over is None and (path / OVERRIDES_FILE).is_file():
         try:
-            over = _read_json(path / OVERRIDES_FILE, "overrides file")
+            over = read_json(path / OVERRIDES_FILE, "overrides file")
         except DataError as e:
             return Run(path, "failed", {}, reason=str(e), sweep=sweep)
         if not isinstance(over, dict):
@@ -106,7 +106,7 @@ def load_run(path: Path, *, overrides: dict | None = None, sweep: Path | None = 
     params: dict[str, Any] = {}
     if (path / CONFIG_FILE).is_file():
         try:
-            cfg = _read_json(path / CONFIG_FILE, "config")
+            cfg = read_json(path / CONFIG_FILE, "config")
             if not isinstance(cfg, dict):
                 raise DataError(f"{path / CONFIG_FILE} is not a JSON object")
         except DataError as e:
@@ -122,7 +122,7 @@ def load_run(path: Path, *, overrides: dict | None = None, sweep: Path | None = 
         return Run(path, "missing", params, overrides=over, reason="no run directory", sweep=sweep)
     if (path / SUMMARY_FILE).is_file():
         try:
-            summary = _read_json(path / SUMMARY_FILE, "summary")
+            summary = read_json(path / SUMMARY_FILE, "summary")
         except DataError as e:
             return Run(path, "failed", params, overrides=over, reason=str(e), sweep=sweep)
         if not isinstance(summary, dict):
@@ -131,7 +131,7 @@ def load_run(path: Path, *, overrides: dict | None = None, sweep: Path | None = 
         return Run(path, "finished", params, summary=summary, overrides=over, sweep=sweep)
     if (path / FAILED_FILE).is_file():
         try:
-            failed = _read_json(path / FAILED_FILE, "failure record")
+            failed = read_json(path / FAILED_FILE, "failure record")
             reason = failed.get("error") if isinstance(failed, dict) else failed
             reason = str(reason or "failed (no error recorded)")
         except DataError as e:
@@ -142,7 +142,7 @@ def load_run(path: Path, *, overrides: dict | None = None, sweep: Path | None = 
 
 
 def _sweep_members(sweep_dir: Path) -> list[Run]:
-    spec = _read_json(sweep_dir / SWEEP_FILE, "sweep file")
+    spec = read_json(sweep_dir / SWEEP_FILE, "sweep file")
     members = spec.get("members") if isinstance(spec, dict) else None
     if not isinstance(members, list):
         raise DataError(f"sweep file {sweep_dir / SWEEP_FILE} has no 'members' list; is it a jtl sweep?")
