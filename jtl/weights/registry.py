@@ -9,7 +9,11 @@ network, the error names the URL and the exact path to put the file at.
 ``sha256`` is the full digest where it is published; for
 ``resnet152.tv2_in1k`` only torchvision's 8-hex-digit prefix (the part of the
 file name after the dash, which torchvision itself checks) is known, and the
-digest must start with it.
+digest must start with it. timm's Hugging Face files (ViT, DeiT, Swin, ConvNeXt,
+EfficientNet) are pinned by the hub itself: ``sha256=""`` means "the digest the
+server announces", Hugging Face's ``X-Linked-Etag`` header, which is an LFS
+file's sha256. The body must match it, and the digest is kept beside the cached
+file (``<filename>.sha256``) so a later read checks the file against it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import hashlib
 import http.client
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,7 +41,7 @@ class WeightSpec:
     name: str  # "<arch>.<tag>", timm's naming: resnet50.tv_in1k, resnet50.tv2_in1k, resnet50.a1_in1k
     arch: str
     url: str
-    sha256: str  # full hex digest, or a prefix of at least 8 hex digits
+    sha256: str  # full hex digest, a prefix of at least 8 hex digits, or "" (announced by the hub)
     filename: str
     format: str  # "torchvision" (.pth) or "timm" (.safetensors)
     num_classes: int = 1000
@@ -54,6 +59,19 @@ def _timm(arch: str, tag: str, sha: str, top1: float) -> WeightSpec:
     name = f"{arch}.{tag}"
     return WeightSpec(name, arch, HF.format(name), sha, f"{name}.safetensors", "timm", top1=top1,
                       note="timm; top-1 at 288 px test size")
+
+
+def _hub(name: str, top1: float | None, *, arch: str | None = None, classes: int = 1000,
+         normalize: str = "imagenet") -> WeightSpec:
+    """A timm file on the Hugging Face hub, checked against the sha256 the hub announces.
+    ``top1``: timm's results-imagenet.csv at 224 px (None for pretraining-only heads)."""
+    return WeightSpec(name, arch or name.split(".")[0], HF.format(name), "", f"{name}.safetensors", "timm",
+                      num_classes=classes, top1=top1, note="timm (Hugging Face hub); top-1 at 224 px",
+                      normalize=normalize)
+
+
+# ViT/AugReg (Steiner et al. 2021) weights were trained on (x - 0.5) / 0.5 inputs: data.normalize=inception.
+_VIT = dict(normalize="inception")
 
 
 REGISTRY: dict[str, WeightSpec] = {
@@ -89,6 +107,38 @@ REGISTRY: dict[str, WeightSpec] = {
         _timm("resnet34", "a1_in1k", "829a220f9529d2b1ffdc8719d3273463001e0daf411eaf1916865d9db62c0ed2", 77.918),
         _timm("resnet50", "a1_in1k", "773525d5821de224f8f30c33377b7a795d7863e08522698200d3217d3f2a41bb", 81.214),
         _timm("resnet101", "a1h_in1k", "1a076c0384295e7d3704f201c5711ff245507db934230bab72ff3014a95f90fe", 82.778),
+        # timm's files on the Hugging Face hub; names, heads and input scaling as timm 1.0's
+        # pretrained configs give them (checked in the tests), top-1 from timm's results-imagenet.csv.
+        _hub("vit_tiny_patch16_224.augreg_in21k_ft_in1k", 75.452, **_VIT),
+        _hub("vit_tiny_patch16_224.augreg_in21k", None, classes=21843, **_VIT),
+        _hub("vit_small_patch16_224.augreg_in21k_ft_in1k", 81.402, **_VIT),
+        _hub("vit_small_patch16_224.augreg_in1k", 78.842, **_VIT),
+        _hub("vit_small_patch16_224.augreg_in21k", None, classes=21843, **_VIT),
+        _hub("vit_base_patch16_224.augreg2_in21k_ft_in1k", 85.108, **_VIT),
+        _hub("vit_base_patch16_224.augreg_in21k_ft_in1k", 84.534, **_VIT),
+        _hub("vit_base_patch16_224.augreg_in1k", 79.154, **_VIT),
+        _hub("vit_base_patch16_224.augreg_in21k", None, classes=21843, **_VIT),
+        _hub("vit_base_patch16_224.orig_in21k_ft_in1k", 81.782, **_VIT),
+        _hub("deit_tiny_patch16_224.fb_in1k", 72.190),
+        _hub("deit_tiny_distilled_patch16_224.fb_in1k", 74.538),
+        _hub("deit_small_distilled_patch16_224.fb_in1k", 81.204),
+        _hub("deit_base_distilled_patch16_224.fb_in1k", 83.384),
+        _hub("swin_tiny_patch4_window7_224.ms_in1k", 81.388),
+        _hub("swin_tiny_patch4_window7_224.ms_in22k_ft_in1k", 80.966),
+        _hub("swin_tiny_patch4_window7_224.ms_in22k", None, classes=21841),
+        _hub("convnext_atto.d2_in1k", 75.672),
+        _hub("convnext_tiny.fb_in1k", 82.066),
+        _hub("convnext_tiny.fb_in22k_ft_in1k", 82.900),
+        _hub("convnext_tiny.in12k_ft_in1k", 84.192),
+        _hub("convnext_tiny.fb_in22k", None, classes=21841),
+        _hub("convnext_small.fb_in1k", 83.144),
+        _hub("convnext_small.fb_in22k_ft_in1k", 84.582),
+        _hub("convnext_small.in12k_ft_in1k", 85.164),
+        _hub("convnext_base.fb_in1k", 83.838),
+        _hub("convnext_base.fb_in22k_ft_in1k", 85.814),
+        _hub("convnext_base.fb_in22k", None, classes=21841),
+        _hub("efficientnet_b0.ra_in1k", 77.698, arch="timm_efficientnet_b0"),
+        _hub("efficientnet_b0.ra4_e3600_r224_in1k", 78.568, arch="timm_efficientnet_b0", normalize="inception"),
     ]
 }
 # torchvision has no IMAGENET1K_V2 for resnet18/34: their best torchvision weights are V1.
@@ -125,12 +175,37 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _check_digest(digest: str, spec: WeightSpec, path: Path) -> None:
-    if not digest.startswith(spec.sha256.lower()):
+def _check_digest(digest: str, expected: str, spec: WeightSpec, path: Path) -> None:
+    if not digest.startswith(expected.lower()):
         raise ChecksumError(
-            f"{path}: sha256 {digest[:16]}... does not match {spec.name}'s {spec.sha256[:16]}...; "
+            f"{path}: sha256 {digest[:16]}... does not match {spec.name}'s {expected[:16]}...; "
             "delete the file and download it again"
         )
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _write_sidecar(path: Path, digest: str) -> None:
+    """``<file>.sha256``, written whole (temporary file, then rename)."""
+    tmp = path.with_name(path.name + ".sha256.partial")
+    tmp.write_text(digest + "\n")
+    os.replace(tmp, _sidecar(path))
+
+
+def _check_cached(path: Path, spec: WeightSpec) -> None:
+    """Check a cached file against the registry's digest, or for a hub-pinned entry against the
+    digest recorded when it was downloaded. A file the user put there by hand (no record) is
+    taken as given and its digest recorded, so later damage is still caught."""
+    digest = sha256_file(path)
+    expected = spec.sha256
+    if not expected and _sidecar(path).exists():
+        expected = _sidecar(path).read_text().strip()
+    if expected:
+        _check_digest(digest, expected, spec, path)
+    else:
+        _write_sidecar(path, digest)
 
 
 def fetch(spec: WeightSpec | str, *, cache: str | os.PathLike | None = None, timeout: float = 30.0,
@@ -140,7 +215,7 @@ def fetch(spec: WeightSpec | str, *, cache: str | os.PathLike | None = None, tim
     folder = Path(cache) if cache is not None else cache_dir() / "weights"
     path = folder / spec.filename
     if path.exists():
-        _check_digest(sha256_file(path), spec, path)
+        _check_cached(path, spec)
         return path
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +223,9 @@ def fetch(spec: WeightSpec | str, *, cache: str | os.PathLike | None = None, tim
         raise DownloadError(f"cannot create cache directory {folder} ({e.strerror}); set JTL_CACHE to a writable directory") from None
     partial = path.with_name(path.name + ".partial")
     try:
-        _download(spec, partial, timeout, progress)
+        digest = _download(spec, partial, timeout, progress)
+        if not spec.sha256:
+            _write_sidecar(path, digest)
         os.replace(partial, path)
     finally:
         if partial.exists():
@@ -156,12 +233,36 @@ def fetch(spec: WeightSpec | str, *, cache: str | os.PathLike | None = None, tim
     return path
 
 
-def _download(spec: WeightSpec, partial: Path, timeout: float, progress: bool) -> None:
+_SHA256 = re.compile(r'(?:W/)?"?([0-9a-f]{64})"?')
+
+
+def announced_sha256(headers) -> str | None:
+    """The sha256 a Hugging Face server announces for an LFS file (``X-Linked-Etag``), or None."""
+    match = _SHA256.fullmatch((headers.get("X-Linked-Etag") or "").strip())
+    return match.group(1) if match else None
+
+
+class _AnnouncedDigest(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, keeping the first ``X-Linked-Etag``: the hub announces it on the
+    redirect to its storage, whose own response does not repeat it."""
+
+    def __init__(self):
+        self.sha256 = None
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.sha256 = self.sha256 or announced_sha256(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _download(spec: WeightSpec, partial: Path, timeout: float, progress: bool) -> str:
+    """Stream ``spec.url`` into ``partial``; returns the verified sha256."""
     h, size, expected = hashlib.sha256(), 0, None
     target = partial.with_name(partial.name[: -len(".partial")])
+    redirects = _AnnouncedDigest()
     try:
-        with urllib.request.urlopen(spec.url, timeout=timeout) as resp, open(partial, "wb") as out:
+        with urllib.request.build_opener(redirects).open(spec.url, timeout=timeout) as resp, open(partial, "wb") as out:
             expected = resp.headers.get("Content-Length")
+            announced = redirects.sha256 or announced_sha256(resp.headers)
             bar = _progress_bar(expected, spec.filename) if progress else None
             while block := resp.read(1 << 20):
                 out.write(block)
@@ -177,13 +278,16 @@ def _download(spec: WeightSpec, partial: Path, timeout: float, progress: bool) -
         ) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-        raise DownloadError(
-            f"cannot download {spec.url} ({reason}); without network, put the file at {target} "
-            f"(sha256 {spec.sha256})"
-        ) from None
+        digest = f"sha256 {spec.sha256}" if spec.sha256 else f"sha256 as listed at {spec.url.replace('/resolve/', '/blob/')}"
+        raise DownloadError(f"cannot download {spec.url} ({reason}); without network, put the file at {target} ({digest})") from None
     if expected is not None and size != int(expected):
         raise DownloadError(f"download of {spec.url} truncated: got {size} of {expected} bytes; try again")
-    _check_digest(h.hexdigest(), spec, target)
+    pinned = spec.sha256 or announced
+    if not pinned:
+        raise DownloadError(f"{spec.url} announced no sha256 (X-Linked-Etag) and the registry pins none; "
+                            f"refusing an unverified file: check it yourself and put it at {target}")
+    _check_digest(h.hexdigest(), pinned, spec, target)
+    return h.hexdigest()
 
 
 def _progress_bar(total, desc):
