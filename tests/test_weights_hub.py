@@ -117,6 +117,17 @@ def test_file_put_by_hand_is_recorded_then_checked(tmp_path):
         fetch(SPEC, cache=tmp_path)
 
 
+def test_read_only_cache_still_serves_a_hand_placed_file(tmp_path, monkeypatch):
+    (tmp_path / SPEC.filename).write_bytes(BODY)
+
+    def refuse(path, digest):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(registry, "_write_sidecar", refuse)  # root ignores chmod, so refuse here
+    assert fetch(SPEC, cache=tmp_path).read_bytes() == BODY
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SPEC.filename]
+
+
 def test_offline_error_points_to_the_hub_listing(tmp_path):
     import socket
 

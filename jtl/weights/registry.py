@@ -204,8 +204,11 @@ def _check_cached(path: Path, spec: WeightSpec) -> None:
         expected = _sidecar(path).read_text().strip()
     if expected:
         _check_digest(digest, expected, spec, path)
-    else:
+        return
+    try:
         _write_sidecar(path, digest)
+    except OSError:  # a read-only shared cache: the file is still used, unrecorded
+        pass
 
 
 def fetch(spec: WeightSpec | str, *, cache: str | os.PathLike | None = None, timeout: float = 30.0,
