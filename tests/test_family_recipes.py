@@ -45,9 +45,13 @@ SIZES = {"alexnet": 64, "inception_v3": 75}
 # 1.3e-4 AdamW), its first two losses within 2e-6; it moved EfficientNet's second loss by 1.1e-4
 # (SGD) and 1.6e-4 (AdamW) and its third by 2.2e-3 (SGD), where the sweep's gaps were 1.7e-4 and
 # 4.0e-4 at the second and 6.3e-4 and 4.1e-4 at the third (scripts/roundoff_sensitivity.py,
-# docs/benchmarks.md). {arch: (first step roundoff shows at, its tolerance)}; the first loss, before
-# any update, is held to 2e-5 for every family.
-ROUNDOFF_GROWTH = {"densenet121": (3, 1e-2), "timm_efficientnet_b0": (2, 2e-3)}
+# docs/benchmarks.md). Inception-v3 at 75 px trains chaotically (its step-1 gradient norm is
+# about 5e3 in jtl and 8e3 in torchvision, from torchvision's std-0.1 initialisation): the same
+# perturbation moved its second and third losses by 8% and 13% (AdamW), 17% and 12% (SGD), the
+# sweep's gaps were 11% and 0.8%, so past the first loss its case only catches divergence.
+# {arch: (first step roundoff shows at, its tolerance)}; the first loss, before any update, is
+# held to 2e-5 for every family.
+ROUNDOFF_GROWTH = {"densenet121": (3, 1e-2), "timm_efficientnet_b0": (2, 2e-3), "inception_v3": (2, 0.3)}
 
 
 @pytest.fixture(autouse=True)
