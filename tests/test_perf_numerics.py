@@ -9,6 +9,8 @@ gradient tap by tap for inputs of few channels, XLA's convolution elsewhere) and
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -276,3 +278,35 @@ def test_torch_worker_runs_the_reference_dann_step():
     finally:
         worker.close()
     assert worker.proc.returncode == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="an idle OpenMP thread spins only beside another")
+def test_active_torch_worker_stops_spinning_after_its_steps():
+    """The 'active' PyTorch worker must not keep a core busy while the other side is timed: in
+    the second after its steps it uses under 0.2 CPU-seconds, where libgomp's own default for
+    OMP_WAIT_POLICY=active (no GOMP_SPINCOUNT) uses about a whole core (the reference)."""
+    pytest.importorskip("torch")
+    import time
+
+    from jtl.bench.cases import Case
+    from jtl.bench.torch_step import ACTIVE_SPINCOUNT, TorchWorker
+
+    def idle_cpu(**env):
+        worker = TorchWorker(OMP_WAIT_POLICY="active", **env)
+        try:
+            worker.call(cmd="build", case=list(Case("cifar_resnet8", 16, 32, 2, True)), threads=2, channels_last=True)
+            worker.run(2)
+            time.sleep(0.1)  # the spin budget's own 30 ms
+            t0 = _cpu_seconds(worker.proc.pid)
+            time.sleep(1.0)
+            return _cpu_seconds(worker.proc.pid) - t0
+        finally:
+            worker.close()
+
+    assert idle_cpu(GOMP_SPINCOUNT=ACTIVE_SPINCOUNT) < 0.2
+    assert idle_cpu() > 0.5

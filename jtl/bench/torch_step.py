@@ -220,6 +220,14 @@ def _setting(channels_last: bool, threads: int, policy: str) -> str:
     return f"{'channels_last' if channels_last else 'nchw'}, {threads} threads, OMP_WAIT_POLICY={policy}"
 
 
+# libgomp's OMP_WAIT_POLICY=active spins an idle thread for GOMP_SPINCOUNT iterations, 3e10 (about
+# 5 minutes) unless set: the active worker's threads kept spinning through the rounds of jtl and
+# of the passive worker, taking a core from each (ViT-S/16: jtl's step 21.6 s beside it, about
+# 13 s otherwise). 3e6 spins (libgomp's estimate: 30 ms) keep the gaps inside a step busy-waited
+# and free the cores soon after the worker's own steps (tests/test_perf_numerics.py).
+ACTIVE_SPINCOUNT = "3000000"
+
+
 def torch_workers(case: Case) -> dict[str, TorchWorker]:
     """PyTorch workers for ``case``, by setting: OpenMP wait policy ``passive`` in its fastest
     setting (memory format x threads, by a short timing: one warm-up and 2 steps each) and
@@ -238,7 +246,7 @@ def torch_workers(case: Case) -> dict[str, TorchWorker]:
     passive.call(cmd="build", case=list(case), threads=n, channels_last=cl)
     workers = {_setting(cl, n, "passive"): passive}
     if threads > 1:
-        active = TorchWorker(OMP_WAIT_POLICY="active")
+        active = TorchWorker(OMP_WAIT_POLICY="active", GOMP_SPINCOUNT=ACTIVE_SPINCOUNT)
         active.call(cmd="build", case=list(case), threads=threads, channels_last=cl)
         workers[_setting(cl, threads, "active")] = active
     return workers
