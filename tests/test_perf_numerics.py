@@ -71,16 +71,6 @@ def test_few_input_channels_take_the_tap_by_tap_weight_gradient():
     assert "dot_general" not in grad_hlo(L.FEW_INPUT_CHANNELS)
 
 
-def test_tap_threshold_follows_the_host():
-    """128 input channels on an AVX2 host without AVX-512 (measured there), 32 with AVX-512 or
-    when the flags cannot be read."""
-    zen3 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
-    skylake = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n"
-    assert L.few_input_channels(zen3) == 128
-    assert L.few_input_channels(skylake) == 32
-    assert L.few_input_channels("") == 32
-
-
 @pytest.mark.parametrize("shape", [(2, 9, 9, 3), (3, 8, 8, 4), (2, 2, 2, 3), (1, 1, 1, 2), (2, 5, 7, 3)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_max_pool_matches_plain_forward_and_gradients(shape, relu):

@@ -153,24 +153,9 @@ def conv2d_cpu(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
     return conv2d_plain(x, kernel, stride, padding)
 
 
-def few_input_channels(cpuinfo: str | None = None) -> int:
-    """Inputs with fewer channels than this get their weight gradient tap by tap. On an AVX2
-    host without AVX-512, XLA:CPU's own weight gradient runs at 1-10 GFLOP/s up to 64 input
-    channels (ResNet-18's 32x32x64 3x3 layers at 128 px: 839 ms a call against 40 ms for
-    PyTorch), and the taps were faster for every layer below 128 channels measured: 128 there.
-    With AVX-512, where per-tap 3x3 gradients measured slower than XLA's on 64+ channels: 32
-    (docs/benchmarks.md). ``cpuinfo``: the text of /proc/cpuinfo (read when None)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return 32 if "avx512f" in flags or not flags else 128
-
-
-FEW_INPUT_CHANNELS = few_input_channels()
+# Inputs with fewer channels than this get their weight gradient tap by tap: XLA:CPU's own
+# weight gradient runs there at 1-5 GFLOP/s, 2-5x slower than the taps (docs/benchmarks.md).
+FEW_INPUT_CHANNELS = 32
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
