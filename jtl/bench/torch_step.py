@@ -222,8 +222,8 @@ def _setting(channels_last: bool, threads: int, policy: str) -> str:
 
 # libgomp's OMP_WAIT_POLICY=active spins an idle thread for GOMP_SPINCOUNT iterations, 3e10 (about
 # 5 minutes) unless set: the active worker's threads kept spinning through the rounds of jtl and
-# of the passive worker, taking a core from each (ViT-S/16: jtl's step 21.6 s beside it, about
-# 13 s otherwise). 3e6 spins (libgomp's estimate: 30 ms) keep the gaps inside a step busy-waited
+# of the passive worker, taking a core from each (ViT-S/16 in bench_train_step.py: jtl's step
+# 21.6 s beside it, 15.6 s with the bound below, PyTorch's 9.6 and 9.8 s). 3e6 spins (libgomp's estimate: 30 ms) keep the gaps inside a step busy-waited
 # and free the cores soon after the worker's own steps (tests/test_perf_numerics.py).
 ACTIVE_SPINCOUNT = "3000000"
 

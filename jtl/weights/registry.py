@@ -289,8 +289,9 @@ def _download(spec: WeightSpec, partial: Path, timeout: float, progress: bool) -
     if not pinned:
         raise DownloadError(f"{spec.url} announced no sha256 (X-Linked-Etag) and the registry pins none; "
                             f"refusing an unverified file: check it yourself and put it at {target}")
-    _check_digest(h.hexdigest(), pinned, spec, target)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    _check_digest(digest, pinned, spec, target)
+    return digest
 
 
 def _progress_bar(total, desc):
